@@ -1,0 +1,4 @@
+"""Core: schedules, paths, time samplers, couplings, objectives, solvers, likelihood, guidance.
+
+Depends on torch and numpy only (POT is imported lazily by the OT couplings).
+"""

@@ -1,0 +1,14 @@
+"""Sample-quality metrics between point clouds ``x: (N, D)`` and ``y: (M, D)``.
+
+Every metric returns a Python ``float``, computed in float64 without gradients. The one exception is
+:func:`sliced_wasserstein_loss`, a differentiable 0-dim tensor estimate of ``SW_p^p`` meant as a loss.
+
+Layer: ``metrics`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only; POT is imported
+lazily by :func:`wasserstein2`.
+"""
+
+from flowforge.metrics.kernels import energy_distance, mmd
+from flowforge.metrics.ot import wasserstein2
+from flowforge.metrics.sliced import sliced_wasserstein, sliced_wasserstein_loss
+
+__all__ = ["energy_distance", "mmd", "sliced_wasserstein", "sliced_wasserstein_loss", "wasserstein2"]

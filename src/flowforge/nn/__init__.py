@@ -1,0 +1,6 @@
+"""Networks: every continuous-time network is called ``net(x, t, **cond)``."""
+
+from flowforge.nn.embeddings import FourierTime
+from flowforge.nn.mlp import MLP
+
+__all__ = ["MLP", "FourierTime"]

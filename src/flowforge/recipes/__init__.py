@@ -1,0 +1,20 @@
+"""Recipes: named, runnable set-ups (the only layer where names map to objects)."""
+
+from flowforge.recipes import flows2d as _flows2d  # noqa: F401  (registers the 2-D flow recipes)
+from flowforge.recipes.registry import RECIPES, Recipe, get_recipe, parse_sets, register, resolve_config
+from flowforge.recipes.runs import METRICS, DataSpaceGenerator, evaluate, generator, load_run, train_recipe
+
+__all__ = [
+    "METRICS",
+    "RECIPES",
+    "DataSpaceGenerator",
+    "Recipe",
+    "evaluate",
+    "generator",
+    "get_recipe",
+    "load_run",
+    "parse_sets",
+    "register",
+    "resolve_config",
+    "train_recipe",
+]

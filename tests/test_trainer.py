@@ -1,0 +1,387 @@
+"""The training loop (flowforge.train.trainer / ema)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import flowforge.train
+from flowforge.train import EMA, BatchRequest, CheckpointError, Run, Trainer, lr_at, train
+from flowforge.train import checkpoint as ck_mod
+from flowforge.train import ema as ema_mod
+from flowforge.train import trainer as trainer_mod
+
+
+class ToyFM(nn.Module):
+    """A tiny flow-matching objective: its loss draws noise and times from torch's global RNG."""
+
+    def __init__(self, seed: int = 0, dim: int = 2) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(dim + 1, 16), nn.SiLU(), nn.Linear(16, dim))
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        x0 = torch.randn_like(x)
+        t = torch.rand(x.shape[0], 1)
+        xt = t * x + (1 - t) * x0
+        v = self.net(torch.cat([xt, t], dim=1))
+        return ((v - (x - x0)) ** 2).mean()
+
+    def generator(self) -> ToyFM:
+        return self
+
+
+def moons(n: int = 512) -> torch.Tensor:
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(n, 2, generator=g) * 0.5 + torch.tensor([2.0, -1.0])
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_equal_states(a, b) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def differ(a, b) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+FAST = dict(batch_size=32, lr=3e-3, warmup=4, log_every=8, progress=False)
+
+
+def test_docstring_examples_run():
+    for mod in (trainer_mod, ck_mod, ema_mod, flowforge.train):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, mod.__name__
+
+
+def test_module_is_callable():
+    run = flowforge.train(ToyFM(), moons(), steps=3, **FAST)
+    assert isinstance(run, Run) and run.step == 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# reproducibility and resume
+
+
+def test_same_seed_same_weights_different_seed_different():
+    a = train(ToyFM(0), moons(), steps=20, seed=1, **FAST)
+    b = train(ToyFM(0), moons(), steps=20, seed=1, **FAST)
+    c = train(ToyFM(0), moons(), steps=20, seed=2, **FAST)
+    assert_equal_states(state(a.model), state(b.model))
+    assert_equal_states(a.ema.state_dict(), b.ema.state_dict())
+    assert differ(state(a.model), state(c.model))
+
+
+class Kill(RuntimeError):
+    pass
+
+
+def killer(at: int):
+    def cb(step: int, trainer: Trainer) -> None:
+        if step == at:
+            raise Kill(f"killed at {step}")
+
+    return cb
+
+
+def callable_source(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, 2, generator=g) + 1.0
+
+
+@pytest.mark.parametrize("source", ["tensor", "callable"])
+def test_resume_is_bit_for_bit(tmp_path, source):
+    data = moons() if source == "tensor" else callable_source
+    N = 20
+    kw = dict(steps=2 * N, ckpt_every=N, seed=5, config={"name": "toy", "dims": [2, 16]}, **FAST)
+    full = train(ToyFM(0), data, out=tmp_path / "full", **kw)
+
+    with pytest.raises(Kill):
+        train(ToyFM(0), data, out=tmp_path / "cut", callback=killer(N + 7), **kw)
+    # the killed run logged past its checkpoint (steps 24) ...
+    assert [r["step"] for r in Run(tmp_path / "cut").metrics()] == [8, 16, 24]
+    assert Run(tmp_path / "cut").step == N
+    # ... resume into a differently initialised model: the lost steps are recomputed identically
+    resumed = train(ToyFM(99), data, out=tmp_path / "cut", resume=True, **kw)
+
+    assert resumed.step == 2 * N
+    assert_equal_states(state(full.model), state(resumed.model))
+    assert_equal_states(full.ema.state_dict(), resumed.ema.state_dict())
+    fo, ro = full.model, resumed.model
+    assert fo is not ro
+    # optimizer moments too (through the saved checkpoints)
+    a = ck_mod.load_checkpoint(tmp_path / "full").tensors["optimizer"]
+    b = ck_mod.load_checkpoint(tmp_path / "cut").tensors["optimizer"]
+    assert_equal_states(a, b)
+
+    # metrics: same lines, no duplicates, and the interval that spans the kill has the same mean loss
+    mf, mr = Run(tmp_path / "full").metrics(), Run(tmp_path / "cut").metrics()
+    assert [r["step"] for r in mr] == [8, 16, 24, 32, 40]
+    for x, y in zip(mf, mr):
+        assert x["loss"] == y["loss"] and x["lr"] == y["lr"] and x["grad_norm"] == y["grad_norm"]
+    assert set(mr[0]) == {"step", "loss", "lr", "grad_norm", "steps_per_sec", "elapsed"}
+    assert json.loads((tmp_path / "cut" / "config.json").read_text()) == {"name": "toy", "dims": [2, 16]}
+
+
+def test_resume_messages(tmp_path):
+    kw = dict(steps=10, ckpt_every=5, **FAST)
+    with pytest.warns(UserWarning, match="holds no checkpoint; starting a fresh run"):
+        fresh = train(ToyFM(0), moons(), out=tmp_path / "r", resume=True, **kw)
+    plain = train(ToyFM(0), moons(), **kw)
+    assert_equal_states(state(fresh.model), state(plain.model))
+
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        train(ToyFM(0), moons(), out=tmp_path / "r", **kw)
+
+    model = ToyFM(3)
+    with pytest.warns(UserWarning, match=r"already finished \(10/10 steps\)"):
+        done = train(model, moons(), out=tmp_path / "r", resume=True, **kw)
+    assert done.step == 10
+    assert_equal_states(state(model), state(fresh.model))  # the final weights were loaded
+    assert_equal_states(done.ema.state_dict(), fresh.ema.state_dict())
+
+    with pytest.raises(ValueError, match=r"lr=0\.003 in the checkpoint, 0\.001 now"):
+        train(ToyFM(0), moons(), out=tmp_path / "r", resume=True, **{**kw, "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"config differs in \['width'\]"):
+        train(ToyFM(0), moons(), out=tmp_path / "r", resume=True, config={"width": 8}, **kw)
+    with pytest.raises(ValueError, match="needs the run folder"):
+        train(ToyFM(0), moons(), resume=True, **kw)
+
+
+def test_resume_from_corrupted_checkpoint_leaves_model_untouched(tmp_path):
+    kw = dict(steps=20, ckpt_every=5, **FAST)
+    with pytest.raises(Kill):
+        train(ToyFM(0), moons(), out=tmp_path, callback=killer(12), **kw)
+    f = tmp_path / "ckpt-000010" / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+    model = ToyFM(4)
+    before = state(model)
+    with pytest.raises(CheckpointError, match=r"ckpt-000010/optimizer.safetensors is truncated.*ckpt-000005"):
+        train(model, moons(), out=tmp_path, resume=True, **kw)
+    assert_equal_states(before, state(model))
+
+
+# ----------------------------------------------------------------------------------------------------
+# pieces of the update
+
+
+def test_ema_closed_form_recursion():
+    lin = nn.Linear(1, 1, bias=False)
+    lin.register_buffer("count", torch.tensor(0.0))
+    with torch.no_grad():
+        lin.weight.fill_(2.0)
+    ema = EMA(lin, decay=0.9, warmup=True)
+    values = [5.0, -1.0, 3.0, 0.5, 7.0, 1.0, 2.0]
+    expected, decays = 2.0, []
+    for n, v in enumerate(values):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+            lin.count.fill_(n + 1)
+        d = min(0.9, (1 + n) / (10 + n))
+        decays.append(d)
+        ema.update(lin)
+    # closed form: e_n = prod(d) e_0 + sum_k (1 - d_k) prod_{j>k} d_j v_k
+    expected = math.prod(decays) * 2.0 + sum(
+        (1 - decays[k]) * math.prod(decays[k + 1 :]) * values[k] for k in range(len(values))
+    )
+    assert ema.state_dict()["weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert ema.state_dict()["count"].item() == len(values)  # buffers are copied, not averaged
+    assert decays[0] == pytest.approx(0.1) and ema.current_decay() == pytest.approx(8 / 17)
+
+    plain = EMA(lin, decay=0.5, warmup=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    plain.update(lin)
+    assert plain.state_dict()["weight"].item() == pytest.approx(1.0)  # 0.5 * 2 + 0.5 * 0
+    with plain.swapped(lin):
+        assert lin.weight.item() == pytest.approx(1.0)
+    assert lin.weight.item() == 0.0
+
+
+def test_trainer_ema_follows_the_recursion():
+    seen: list[torch.Tensor] = []
+
+    def record(step: int, trainer: Trainer) -> None:
+        seen.append(trainer.model.net[0].weight.detach().double().clone())
+
+    model = ToyFM(0)
+    w0 = model.net[0].weight.detach().double().clone()
+    run = train(model, moons(), steps=15, ema_decay=0.8, callback=record, **FAST)
+    e = w0
+    for n, w in enumerate(seen):
+        d = min(0.8, (1 + n) / (10 + n))
+        e = d * e + (1 - d) * w
+    assert torch.allclose(run.ema.state_dict()["net.0.weight"].double(), e, atol=1e-6)
+    assert not torch.allclose(e, seen[-1], atol=1e-4)  # the EMA is not just the last weights
+
+
+def test_lr_schedule_values():
+    kw = dict(lr=1.0, steps=110, warmup=10)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(4, **kw) == pytest.approx(0.5)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(35, **kw) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(60, **kw) == pytest.approx(0.5)
+    assert lr_at(60, **kw, min_lr_ratio=0.2) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert lr_at(109, **kw) < 0.001
+    assert lr_at(80, **kw, schedule="constant") == 1.0
+    with pytest.raises(ValueError, match="'cosine' or 'constant'"):
+        lr_at(50, **kw, schedule="linear")
+
+    seen = []
+    train(
+        ToyFM(),
+        moons(),
+        steps=30,
+        callback=lambda s, t: seen.append(t.optimizer.param_groups[0]["lr"]),
+        **FAST,
+    )
+    want = [lr_at(s, lr=FAST["lr"], steps=30, warmup=FAST["warmup"]) for s in range(30)]
+    assert seen == pytest.approx(want)
+
+
+def test_grad_clipping_caps_the_norm():
+    norms = []
+
+    def grads(step: int, trainer: Trainer) -> None:
+        total = torch.sqrt(sum((p.grad**2).sum() for p in trainer.model.parameters()))
+        norms.append((trainer.last_grad_norm.item(), total.item()))
+
+    train(ToyFM(), moons() * 50, steps=6, grad_clip=0.01, callback=grads, **FAST)
+    assert all(before > 0.01 for before, _ in norms)  # clipping had something to do ...
+    assert all(after <= 0.01 * (1 + 1e-4) for _, after in norms)  # ... and did it
+    norms.clear()
+    train(ToyFM(), moons() * 50, steps=3, grad_clip=None, callback=grads, **FAST)
+    assert all(after == pytest.approx(before, rel=1e-5) and after > 0.01 for before, after in norms)
+
+
+# ----------------------------------------------------------------------------------------------------
+# outputs
+
+
+def test_metrics_checkpoints_and_run_reopened(tmp_path):
+    run = train(ToyFM(0), moons(), steps=20, ckpt_every=4, keep=2, out=tmp_path, config={"a": 1}, **FAST)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert [r["step"] for r in recs] == [8, 16, 20]
+    assert all(r["steps_per_sec"] > 0 and r["elapsed"] > 0 and r["grad_norm"] > 0 for r in recs)
+    assert recs[0]["lr"] == pytest.approx(lr_at(7, lr=3e-3, steps=20, warmup=4))
+    assert [p.name for p in ck_mod.list_checkpoints(tmp_path)] == ["ckpt-000016", "ckpt-000020"]
+
+    reopened = Run(tmp_path)
+    assert reopened.step == 20 and reopened.config == {"a": 1} and reopened.metrics() == recs
+    m = reopened.load_into(ToyFM(7))
+    assert_equal_states(state(m), run.ema.state_dict())
+    raw = reopened.load_into(ToyFM(7), ema=False)
+    assert_equal_states(state(raw), state(run.model))
+    with pytest.raises(RuntimeError, match="holds no model"):
+        reopened.generator()
+    g = reopened.generator(ToyFM(8))
+    assert_equal_states(state(g), run.ema.state_dict()) and not g.training
+
+    gen = run.generator()  # a copy with the EMA weights; the trained model keeps its raw weights
+    assert gen is not run.model
+    assert_equal_states(state(gen), run.ema.state_dict())
+    assert differ(state(run.model), run.ema.state_dict())
+
+
+def test_in_memory_run():
+    run = train(ToyFM(0), moons(), steps=9, **FAST)
+    assert run.out is None and [r["step"] for r in run.metrics()] == [8, 9]
+    assert_equal_states(state(run.load_into(ToyFM(2))), run.ema.state_dict())
+
+
+def test_progress_outputs(capsys, monkeypatch):
+    train(ToyFM(), moons(), steps=8, **FAST)
+    assert capsys.readouterr().err == ""  # progress=False: silent
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    train(ToyFM(), moons(), steps=8, **{**FAST, "progress": True, "log_every": 4})
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("step 4/8") and "steps/s" in err[0] and "loss" in err[0]
+
+
+def test_progress_with_tqdm(capsys):
+    pytest.importorskip("tqdm", reason="tqdm is not installed")
+    train(ToyFM(), moons(), steps=8, **{**FAST, "progress": True})
+    err = capsys.readouterr().err
+    assert "8/8" in err and "step/s" in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# data contract and errors
+
+
+class Conditional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(3, 2)
+        self.seen = None
+
+    def loss(self, batch):
+        x, y = batch
+        self.seen = (x.shape, y.shape)
+        return ((x - self.emb(y)) ** 2).mean()
+
+
+class SelfSampling(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(2))
+        self.requests = []
+
+    def loss(self, req: BatchRequest):
+        self.requests.append(req)
+        x = torch.randn(req.size, 2, generator=req.generator, device=req.device) + 1.0
+        return ((x - self.mu) ** 2).mean()
+
+
+def test_data_contract():
+    x, y = torch.randn(50, 2), torch.randint(0, 3, (50,))
+    m = Conditional()
+    train(m, (x, y), steps=2, **FAST)
+    assert m.seen == (torch.Size([32, 2]), torch.Size([32]))
+
+    s = SelfSampling()
+    train(s, None, steps=3, **FAST)
+    assert [r.size for r in s.requests] == [32, 32, 32]
+    assert isinstance(s.requests[0].generator, torch.Generator)
+
+    with pytest.raises(TypeError, match="data must be a Tensor"):
+        train(ToyFM(), {"x": 1}, steps=2, **FAST)
+    with pytest.raises(ValueError, match="shared, non-empty first dimension"):
+        train(Conditional(), (x, y[:10]), steps=2, **FAST)
+    with pytest.raises(TypeError, match="loss"):
+        train(nn.Linear(2, 2), x, steps=2, **FAST)
+
+
+def test_bad_losses_are_reported():
+    class VectorLoss(ToyFM):
+        def loss(self, x):
+            return (x - self.net[0].bias[:2]) ** 2
+
+    with pytest.raises(ValueError, match=r"scalar Tensor, got \(32, 2\)"):
+        train(VectorLoss(), moons(), steps=2, **FAST)
+
+    class NanLoss(ToyFM):
+        def loss(self, x):
+            return super().loss(x) * float("nan")
+
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        train(NanLoss(), moons(), steps=8, **FAST)
