@@ -13,7 +13,15 @@ from flowforge.core.paths import (
 )
 from flowforge.core.schedules import Cosine, Linear, Polynomial, VariancePreserving
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Analytic checks run in float64; restore the default afterwards (tests share a process)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 SCHEDULES = [
     Linear(),

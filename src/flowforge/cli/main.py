@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             return _sample(args)
         return _eval(args)
-    except (ValueError, KeyError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, CheckpointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"flowforge: error: {msg}", file=sys.stderr)
         return 2

@@ -129,6 +129,7 @@ FLOW2D_DEFAULTS: dict[str, Any] = {
     "warmup": 500,
     "grad_clip": 1.0,
     "ema_decay": 0.999,
+    "threads": 1,
     "solver": "heun",
     "sample_steps": 25,
 }

@@ -54,6 +54,7 @@ def train_recipe(
         overrides["data_file"] = str(Path(data_file).resolve())
     config = resolve_config(recipe, overrides)
     config["seed"] = seed
+    _set_threads(config)
     data, updates = recipe.data(config)
     config.update(updates)
     model = recipe.build(config)
@@ -69,6 +70,12 @@ def train_recipe(
         config=config,
         **{k: config[k] for k in TRAIN_KEYS if k in config},
     )
+
+
+def _set_threads(config: dict[str, Any]) -> None:
+    # small MLPs run faster on one thread here (measured; BENCHMARKS.md); 0 keeps torch's default
+    if int(config.get("threads", 0)) > 0:
+        torch.set_num_threads(int(config["threads"]))
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -87,6 +94,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> tuple[nn.Module, dict[
     """Rebuild the model of a run folder and load its (EMA) weights; returns ``(model, config)``."""
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
+    _set_threads(config)
     model = get_recipe(config["recipe"]).build(config)
     Run(run_dir).load_into(model, ema=ema)
     model.eval()

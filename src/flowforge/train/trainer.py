@@ -548,6 +548,8 @@ class Trainer:
 
     def _pick_device(self) -> torch.device:
         if self.device is not None:
+            if self.device.type == "cuda" and self.device.index is None and _dist.env_world_size() > 1:
+                return torch.device("cuda", _dist.env_local_rank())  # one GPU per process
             return self.device
         if torch.cuda.is_available():
             return torch.device("cuda", _dist.env_local_rank() if _dist.env_world_size() > 1 else 0)
@@ -614,8 +616,7 @@ class Trainer:
             elif found is not None:
                 raise FileExistsError(
                     f"{out} already holds a run (up to {found.name}); pass resume=True to continue it, "
-                    "or choose "
-                    "another out= folder (or delete this one) to start a new run"
+                    "or choose another out= folder (or delete this one) to start a new run"
                 )
         _dist.barrier(info)  # every process has looked at `out` before rank 0 writes to it
 
@@ -673,7 +674,11 @@ class Trainer:
                 )
                 atomic_write(out / METRICS_FILE, "")
 
-        wrapped = _dist.wrap(model, info, device) if info.enabled else None
+        wrapped = None
+        if info.enabled:
+            wrapped = _dist.wrap(model, info, device)  # broadcasts rank 0's weights to every process
+            if ckpt is None:
+                ema.load_state_dict(model.state_dict(), num_updates=0)
         source = _make_source(self.data, device)
         loss_acc = torch.tensor(loss_carry, dtype=torch.float64, device=device)
         gn_acc = torch.tensor(gn_carry, dtype=torch.float64, device=device)
