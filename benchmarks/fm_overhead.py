@@ -20,16 +20,20 @@ Variants
     plain+clip+ema the plain loop plus the same warm-up + cosine LR, clipping at 1.0 and foreach EMA
 
 Method (the machine is shared, so CPU time per thread is the number to trust): one intra-op thread,
-warm-up steps untimed, then ``--blocks`` rounds in which every variant runs ``--steps`` consecutive
-steps; the order of variants rotates from round to round. Each step is timed with
+``--warmup`` untimed steps per variant, then ``--blocks`` rounds in which every variant runs ``--steps``
+consecutive steps; the order of variants rotates from round to round. Many short rounds (default
+60 x 30) pair the variants in time far better than a few long ones: with 6 x 300 the per-round ratio
+of two identical loops wandered by +-15% as other jobs came and went. Each step is timed with
 ``time.thread_time()`` (CPU of the thread that runs it; on CPU autograd runs backward on the calling
 thread) and ``time.perf_counter()`` (wall). The two ``train`` calls run in their own threads and hand
 control back and forth through their ``callback``, so they interleave with the other variants without
 being restarted; a trainer step is timed from the end of one callback to the start of the next, i.e.
-everything ``train`` does per step. Reported: median per-step time over all timed steps, the ratio
-of medians to the reference variant, and the range of per-round ratios of medians.
+everything ``train`` does per step. Reported: median per-step time over all timed steps, its ratio to
+the reference, and the paired ratio (median over rounds of the per-round ratio of medians, with a 95%
+bootstrap interval); "plain (A/A)" is a second copy of the plain loop, i.e. the noise floor. A
+breakdown then times each flowforge piece against its hand-written equivalent, call by call.
 
-Run:  python benchmarks/fm_overhead.py                 (defaults: 6 rounds x 300 steps, ~3-5 min)
+Run:  python benchmarks/fm_overhead.py                 (defaults: 60 rounds x 30 steps, ~2-3 min)
       python benchmarks/fm_overhead.py --quick         (smoke test, seconds)
 Peers: bash ../shared/tools/install_peers.sh fm        (flow_matching 1.0.10, torchcfm 1.0.7, no-deps)
 """
@@ -41,6 +45,7 @@ import copy
 import math
 import os
 import platform
+import random
 import statistics
 import threading
 import time
@@ -101,6 +106,7 @@ class Variant:
     cpu: list[list[float]] = field(default_factory=list)  # per round: per-step CPU seconds
     wall: list[list[float]] = field(default_factory=list)
     losses: list[Tensor] = field(default_factory=list)  # every step's loss (detached), warm-up included
+    params: list[Tensor] = field(default_factory=list)  # the trained parameters, to compare at the end
 
     def run_block(self, batches: list[Tensor], start: int, n: int, timed: bool) -> None:
         raise NotImplementedError
@@ -115,6 +121,7 @@ class LoopVariant(Variant):
     def __init__(self, name: str, step: Callable[[Tensor], Tensor]) -> None:
         super().__init__(name)
         self.step = step
+        self.params = step.params
         torch.manual_seed(0)
         self.rng = torch.get_rng_state()  # this variant's own stream of the global RNG
 
@@ -145,6 +152,7 @@ class TrainVariant(Variant):
 
     def __init__(self, name: str, model: nn.Module, batches: list[Tensor], total: int, **kwargs) -> None:
         super().__init__(name)
+        self.params = list(model.parameters())
         self.go, self.done = threading.Event(), threading.Event()
         self.quota, self.stop, self.error = 0, False, None
         self._cpu: list[float] = []
@@ -245,6 +253,7 @@ def build_variants(base: MLP, batches: list[Tensor], total: int) -> tuple[list[V
             state["n"] += 1
             return loss
 
+        step.params = params
         return step
 
     def plain(net: nn.Module, x1: Tensor) -> Tensor:
@@ -320,25 +329,46 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def bootstrap_ci(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``xs`` (resampling rounds)."""
+    rng = random.Random(seed)
+    meds = sorted(med(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 def report(variants: list[Variant], steps: int, blocks: int) -> list[str]:
     by = {v.name: v for v in variants}
     flat = {v.name: (sum(v.cpu, []), sum(v.wall, [])) for v in variants}
     lines = [
         f"per-step times over {blocks} rounds x {steps} steps per variant (medians; ms)",
         "",
-        "| variant | reference | CPU ms/step | wall ms/step | CPU ratio | paired CPU ratio [IQR] "
-        "| wall ratio | comparison |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | reference | CPU ms/step | wall ms/step | CPU ratio | paired CPU ratio [95% CI] "
+        "| per-round IQR | wall ratio | comparison |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    verdict: list[str] = []
     for name, ref, what in COMPARISONS:
         c, w = flat[name]
         rc, rw = flat[ref]
         rounds = [med(a) / med(b) for a, b in zip(by[name].cpu, by[ref].cpu)]
-        q1, q2, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else rounds * 3
+        q1, _, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else rounds * 3
+        paired, lo, hi = med(rounds), *bootstrap_ci(rounds)
         lines.append(
             f"| {name} | {ref} | {1e3 * med(c):.3f} | {1e3 * med(w):.3f} | {med(c) / med(rc):.3f} | "
-            f"{q2:.3f} [{q1:.3f}, {q3:.3f}] | {med(w) / med(rw):.3f} | {what} |"
+            f"{paired:.3f} [{lo:.3f}, {hi:.3f}] | {q1:.3f}-{q3:.3f} | {med(w) / med(rw):.3f} | {what} |"
         )
+        if "req" in what:
+            verdict.append(
+                f"- {name} / {ref}: paired median {paired:.3f} (95% CI {lo:.3f}-{hi:.3f}): "
+                + (
+                    "meets the 1.05x requirement"
+                    if hi <= 1.05
+                    else "MISSES the 1.05x requirement"
+                    if lo > 1.05
+                    else "inconclusive against 1.05x (the interval straddles it)"
+                )
+            )
+    lines += ["", "requirement (flowforge <= 1.05x the like-for-like plain loop, CPU time):", *verdict]
     lines += ["", "losses (mean of the last 100 steps; final step)", ""]
     lines += ["| variant | mean last 100 | final |", "|---|---|---|"]
     for v in variants:
@@ -357,10 +387,134 @@ def report(variants: list[Variant], steps: int, blocks: int) -> list[str]:
         diff = (la - lb).abs()
         same = torch.nonzero(diff != 0)
         first = "never (bit-identical)" if same.numel() == 0 else f"step {same[0].item()}"
+        dtheta = max((p - q).abs().max().item() for p, q in zip(by[a].params, by[b].params))
         lines.append(
-            f"- {a} vs {b}: first differing step {first}; max |diff| over steps "
-            f"{diff.max().item():.3g}; |diff| of final losses {diff[-1].item():.3g}"
+            f"- {a} vs {b}: losses first differ at {first}, max |diff| {diff.max().item():.3g}, "
+            f"final |diff| {diff[-1].item():.3g}; final weights max |diff| {dtheta:.3g}"
         )
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------
+# breakdown: where flowforge's extra microseconds go (each piece against its hand-written equivalent)
+
+
+def paired_us(fa: Callable[[], object], fb: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median thread CPU time (us) of ``fa`` and ``fb``, called alternately ``reps`` times after warm-up."""
+    for _ in range(max(reps // 10, 20)):
+        fa()
+        fb()
+    ta, tb, tc = [], [], time.thread_time_ns
+    for _ in range(reps):
+        c0 = tc()
+        fa()
+        c1 = tc()
+        fb()
+        c2 = tc()
+        ta.append(c1 - c0)
+        tb.append(c2 - c1)
+    return med(ta) / 1e3, med(tb) / 1e3
+
+
+def breakdown(reps: int) -> list[str]:
+    from flowforge.core.objectives import SquaredError, regression_loss
+    from flowforge.core.paths import AffinePath
+    from flowforge.core.schedules import Linear
+    from flowforge.train.ema import EMA
+    from flowforge.train.trainer import _to_device, lr_at
+
+    torch.manual_seed(0)
+    x1 = torch.randn(BATCH, 2)
+    t = torch.rand(BATCH)
+    x0 = torch.randn(BATCH, 2)
+
+    class Tiny(nn.Module):  # a network that costs nothing, so only the objective's own work remains
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        def forward(self, x: Tensor, t: Tensor) -> Tensor:
+            return x * self.w
+
+    tiny = Tiny()
+    fm_tiny = FlowMatching(tiny)
+    path = AffinePath(Linear())
+    pred = torch.randn(BATCH, 2, requires_grad=True)
+    target = torch.randn(BATCH, 2)
+
+    def hand_objective() -> None:
+        x0 = torch.randn_like(x1)
+        t = torch.rand(BATCH)
+        tt = t[:, None]
+        (tiny(tt * x1 + (1 - tt) * x0, t) - (x1 - x0)).pow(2).mean().backward()
+
+    def hand_path() -> None:
+        tt = t[:, None]
+        _ = tt * x1 + (1 - tt) * x0, x1 - x0
+
+    fm = FlowMatching(MLP(2, 256, 3))
+    params = list(fm.parameters())
+    ema = EMA(fm, EMA_DECAY)
+    shadow = [p.detach().clone() for p in params]
+
+    def hand_ema() -> None:
+        with torch.no_grad():
+            d = min(EMA_DECAY, 11.0 / 20.0)
+            torch._foreach_mul_(shadow, d)
+            torch._foreach_add_(shadow, params, alpha=1.0 - d)
+
+    loss_acc = torch.zeros((), dtype=torch.float64)
+    gn_acc = torch.zeros((), dtype=torch.float64)
+    loss1, gn1 = torch.ones(()), torch.ones(())
+
+    def accumulate() -> None:
+        nonlocal loss_acc, gn_acc
+        last_loss, last_gn = loss1.detach(), gn1.detach()
+        loss_acc += last_loss.reshape(())
+        gn_acc += last_gn
+
+    opt = torch.optim.AdamW(params, lr=LR)
+    cpu = torch.device("cpu")
+
+    def lr_and_batch() -> None:
+        lr = lr_at(500, lr=LR, steps=2000, warmup=100, schedule="cosine")
+        for g in opt.param_groups:
+            g["lr"] = lr
+        _to_device(x1, cpu)
+
+    rows = [
+        (
+            "FlowMatching.loss fwd+bwd, network excluded (continuous/flow_matching.py:110-131)",
+            lambda: fm_tiny.loss(x1).backward(),
+            hand_objective,
+        ),
+        (
+            "  of which AffinePath(Linear).sample (core/paths.py:110-113, core/schedules.py:45-46)",
+            lambda: path.sample(x0, x1, t),
+            hand_path,
+        ),
+        (
+            "  of which regression_loss(SquaredError) fwd+bwd (core/objectives.py:48, 103-106)",
+            lambda: regression_loss(pred, target, t, SquaredError()).backward(),
+            lambda: (pred - target).pow(2).mean().backward(),
+        ),
+        (
+            "EMA.update (train/ema.py:66-82) vs foreach mul_/add_ on cached lists",
+            lambda: ema.update(fm),
+            hand_ema,
+        ),
+        ("loss / grad-norm accumulators (train/trainer.py:708-710)", accumulate, lambda: None),
+        ("lr_at + set lr + _to_device (train/trainer.py:692-695)", lr_and_batch, lambda: None),
+    ]
+    lines = [
+        f"breakdown: median thread CPU per call over {reps} alternating calls (us)",
+        "",
+        "| piece | flowforge us | hand-written us | extra us |",
+        "|---|---|---|---|",
+    ]
+    for label, fa, fb in rows:
+        a, b = paired_us(fa, fb, reps)
+        lines.append(f"| {label} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
     return lines
 
 
@@ -369,13 +523,15 @@ def report(variants: list[Variant], steps: int, blocks: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300, help="timed steps per variant per round")
-    ap.add_argument("--blocks", type=int, default=6, help="rounds (each variant runs --steps per round)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per variant per round")
+    ap.add_argument("--blocks", type=int, default=60, help="rounds (each variant runs --steps per round)")
     ap.add_argument("--warmup", type=int, default=100, help="untimed warm-up steps per variant")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (2 rounds x 20 steps)")
+    ap.add_argument("--breakdown-reps", type=int, default=3000, help="calls per piece in the breakdown")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.blocks, args.warmup = 20, 2, 5
+        args.breakdown_reps = min(args.breakdown_reps, 200)
     if args.steps < 1 or args.blocks < 1 or args.warmup < 0:
         ap.error("--steps and --blocks must be >= 1, --warmup >= 0")
 
@@ -411,6 +567,9 @@ def main() -> None:
             v.close()
     print(f"load avg at end {os.getloadavg()}; wall {time.perf_counter() - t0:.0f}s\n")
     print("\n".join(report(variants, args.steps, args.blocks)))
+    if args.breakdown_reps > 0:
+        print()
+        print("\n".join(breakdown(args.breakdown_reps)))
 
 
 if __name__ == "__main__":

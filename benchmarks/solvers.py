@@ -165,7 +165,9 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> dict:
     # Sanity: the Generator's named "turbo" solver is the same pseudo-corrector we drive directly.
     via_gen = gen.sample(n, solver="turbo", steps=3, x0=x0)
     direct, _ = integrate(f, x0, S.PseudoCorrector(), S.uniform_grid(3))
-    assert torch.allclose(via_gen, direct), "gen.sample(solver='turbo') differs from PseudoCorrector"
+    # (gen.sample casts the grid to float32, so allow for rounding of 1/3 and 2/3.)
+    gap = float((via_gen - direct).abs().max())
+    assert gap < 1e-4, f"gen.sample(solver='turbo') differs from PseudoCorrector by {gap:.2e}"
 
     # Time grids at low NFE for the best fixed-step solver at NFE 8 plus Heun and turbo.
     fixed_rows = [r for r in rows if r["steps"] is not None and r["nfe"] == 8]

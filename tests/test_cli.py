@@ -40,7 +40,10 @@ def test_train_writes_a_run_folder(run_dir):
 
 def test_sample_npy_and_png(run_dir, tmp_path, capsys):
     npy = tmp_path / "s.npy"
-    assert main(["sample", str(run_dir), "--n", "300", "--solver", "turbo", "--steps", "4", "--out", str(npy)]) == 0
+    assert (
+        main(["sample", str(run_dir), "--n", "300", "--solver", "turbo", "--steps", "4", "--out", str(npy)])
+        == 0
+    )
     x = np.load(npy)
     assert x.shape == (300, 2) and np.isfinite(x).all()
     # samples are in data units (standardisation undone): moons live in x in [-1.5, 2.5]
@@ -59,7 +62,12 @@ def test_eval_prints_every_metric_as_json(run_dir, tmp_path, capsys):
     data = tmp_path / "test.npy"
     np.save(data, toy2d("moons", 400, seed=3).numpy())
     capsys.readouterr()
-    assert main(["eval", str(run_dir), "--data", str(data), "--metrics", "swd,w2,mmd,energy,nll", "--steps", "8"]) == 0
+    assert (
+        main(
+            ["eval", str(run_dir), "--data", str(data), "--metrics", "swd,w2,mmd,energy,nll", "--steps", "8"]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"swd", "w2", "mmd", "energy", "nll"}
     assert all(isinstance(v, float) and np.isfinite(v) for v in res.values())
@@ -90,7 +98,9 @@ def test_errors_name_the_problem_and_the_fix(run_dir, tmp_path, capsys):
     assert "did you mean 'moons'" in _err(capsys, ["train", "moonz", "--steps", "1"])
     assert "valid keys" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "widht=3"])
     assert "expected a int" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "width=wide"])
-    assert "choose one of" in _err(capsys, ["sample", str(run_dir), "--solver", "rk45", "--out", str(tmp_path / "a.npy")])
+    assert "choose one of" in _err(
+        capsys, ["sample", str(run_dir), "--solver", "rk45", "--out", str(tmp_path / "a.npy")]
+    )
     assert "valid metrics" in _err(
         capsys, ["eval", str(run_dir), "--data", str(tmp_path / "x.npy"), "--metrics", "fid"]
     )
@@ -98,7 +108,9 @@ def test_errors_name_the_problem_and_the_fix(run_dir, tmp_path, capsys):
     x = np.zeros((10, 2), dtype=np.float32)
     x[7, 1] = np.nan
     np.save(bad, x)
-    assert "row 7" in _err(capsys, ["train", "moons", "--data", str(bad), "--steps", "1", "--out", str(tmp_path / "r")])
+    assert "row 7" in _err(
+        capsys, ["train", "moons", "--data", str(bad), "--steps", "1", "--out", str(tmp_path / "r")]
+    )
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((10, 5), dtype=np.float32))
     msg = _err(capsys, ["eval", str(run_dir), "--data", str(wrong), "--metrics", "swd"])

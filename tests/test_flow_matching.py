@@ -138,3 +138,17 @@ def test_bad_batches_and_options_get_clear_errors():
         FlowMatching(MLP(2, 8, 1), label_dropout=0.1)
     with pytest.raises(ValueError, match="event shape"):
         FlowMatching(MLP(2, 8, 1)).generator().log_prob(torch.zeros(3, 5))
+
+
+def test_nll_and_bits_per_dim_of_the_exact_flow():
+    import math
+
+    from flowforge.metrics import bits_per_dim, nll
+
+    path = AffinePath(Linear())
+    flow = GaussianFlow(path, M, S)
+    gen = FlowMatching(Exact(flow.velocity), path=path, event_shape=(2,)).generator()
+    pts = _data(64)
+    exact = float(-flow.log_prob(pts).mean())
+    assert nll(gen, pts, batch_size=20, atol=1e-8, rtol=1e-8) == pytest.approx(exact, abs=1e-5)
+    assert bits_per_dim(exact, 2) == pytest.approx(exact / (2 * math.log(2)))

@@ -14,7 +14,6 @@ from flowforge.core.paths import (
 from flowforge.core.schedules import Cosine, Linear, Polynomial, VariancePreserving
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Analytic checks run in float64; restore the default afterwards (tests share a process)."""
@@ -22,6 +21,7 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
 
 SCHEDULES = [
     Linear(),

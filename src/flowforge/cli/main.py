@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", help="ODE/SDE solver (default: the recipe's)")
     s.add_argument("--steps", type=int, help="solver steps (default: the recipe's)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--qmc", action=argparse.BooleanOptionalAction, help="quasi-random source noise (default: recipe's)"
+    )
     s.add_argument("--out", required=True, help="FILE.npy (samples) or FILE.png (a scatter plot)")
 
     e = sub.add_parser("eval", help="compare a run's samples (and likelihood) with data; prints JSON")
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--solver")
     e.add_argument("--steps", type=int)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--qmc", action=argparse.BooleanOptionalAction, help="quasi-random source noise (default: recipe's)"
+    )
     return p
 
 
@@ -120,7 +126,8 @@ def _sample(a: argparse.Namespace) -> int:
     gen = generator(a.run)
     solver = a.solver or config.get("solver", "heun")
     steps = a.steps or config.get("sample_steps", 25)
-    x = gen.sample(a.n, generator=torch.Generator().manual_seed(a.seed), solver=solver, steps=steps)
+    qmc = config.get("qmc", False) if a.qmc is None else a.qmc
+    x = gen.sample(a.n, generator=torch.Generator().manual_seed(a.seed), solver=solver, steps=steps, qmc=qmc)
     arr = x.detach().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -137,7 +144,9 @@ def _eval(a: argparse.Namespace) -> int:
     from flowforge.recipes import evaluate
 
     metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
-    res = evaluate(a.run, a.data, metrics, n_samples=a.n, seed=a.seed, solver=a.solver, steps=a.steps)
+    res = evaluate(
+        a.run, a.data, metrics, n_samples=a.n, seed=a.seed, solver=a.solver, steps=a.steps, qmc=a.qmc
+    )
     print(json.dumps(res))
     return 0
 

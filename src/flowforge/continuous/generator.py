@@ -10,6 +10,7 @@ from torch import Tensor
 
 from flowforge.core import solvers as S
 from flowforge.core.likelihood import log_prob as cnf_log_prob
+from flowforge.core.noise import standard_normal
 from flowforge.core.paths import Path, convert
 
 __all__ = ["FlowGenerator", "SOLVERS", "make_solver", "standard_normal_log_prob"]
@@ -70,6 +71,7 @@ class FlowGenerator:
         atol: float = 1e-5,
         rtol: float = 1e-5,
         x0: Tensor | None = None,
+        qmc: bool = False,
         return_trajectory: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
@@ -86,9 +88,13 @@ class FlowGenerator:
             eps: diffusion level of the ``"sde"`` sampler, :math:`\\epsilon(t) = \\epsilon\\, t(1-t)\\cdot 4`.
             atol, rtol: tolerances of ``"dopri5"``.
             x0: start from these source samples instead of drawing them.
+            qmc: draw the source noise by scrambled Sobol points (:func:`~flowforge.core.noise.standard_normal`):
+                the same law per sample, an evenly spread batch.
         """
         if x0 is None:
-            x0 = torch.randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype)
+            x0 = standard_normal(
+                (n, *self.event_shape), generator=generator, qmc=qmc, device=device, dtype=dtype
+            )
         elif tuple(x0.shape[1:]) != self.event_shape:
             raise ValueError(
                 f"x0 has event shape {tuple(x0.shape[1:])}, the model expects {self.event_shape}"

@@ -8,7 +8,16 @@ lazily by :func:`wasserstein2`.
 """
 
 from flowforge.metrics.kernels import energy_distance, mmd
+from flowforge.metrics.likelihood import bits_per_dim, nll
 from flowforge.metrics.ot import wasserstein2
 from flowforge.metrics.sliced import sliced_wasserstein, sliced_wasserstein_loss
 
-__all__ = ["energy_distance", "mmd", "sliced_wasserstein", "sliced_wasserstein_loss", "wasserstein2"]
+__all__ = [
+    "bits_per_dim",
+    "energy_distance",
+    "mmd",
+    "nll",
+    "sliced_wasserstein",
+    "sliced_wasserstein_loss",
+    "wasserstein2",
+]

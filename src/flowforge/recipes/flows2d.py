@@ -123,7 +123,7 @@ FLOW2D_DEFAULTS: dict[str, Any] = {
     "sb_sigma": 0.5,
     "prediction": "velocity",
     "loss": "mse",
-    "steps": 20_000,
+    "steps": 12_000,
     "batch_size": 256,
     "lr": 1e-3,
     "warmup": 500,
@@ -132,6 +132,7 @@ FLOW2D_DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "solver": "heun",
     "sample_steps": 25,
+    "qmc": True,
 }
 
 _SUMMARIES = {

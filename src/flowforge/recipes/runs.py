@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.data import Standardizer, check_finite, load_array
-from flowforge.metrics import energy_distance, mmd, sliced_wasserstein, wasserstein2
+from flowforge.metrics import energy_distance, mmd, nll, sliced_wasserstein, wasserstein2
 from flowforge.recipes.registry import get_recipe, resolve_config
 from flowforge.train import Run, train
 
@@ -141,11 +141,13 @@ def evaluate(
     seed: int = 0,
     solver: str | None = None,
     steps: int | None = None,
+    qmc: bool | None = None,
     nll_points: int = 2000,
     w2_points: int = 2000,
 ) -> dict[str, float]:
     """Compare a run's samples with ``data`` (a file or an ``(N, D)`` tensor) in data units.
 
+    Samples use the recipe's solver, steps and ``qmc`` setting unless given.
     Returns a dict keyed by metric name; ``nll`` is the mean negative log-likelihood in nats per sample
     over (at most ``nll_points`` of) the data as given, ``w2`` is exact on ``w2_points`` points.
     """
@@ -182,6 +184,5 @@ def evaluate(
             out["energy"] = energy_distance(y[:5000], x[:5000])
     if "nll" in metrics:
         pts = x[torch.randperm(len(x), generator=g)[:nll_points]]
-        logp = gen.log_prob(pts)
-        out["nll"] = float(-logp.mean())
+        out["nll"] = nll(gen, pts)
     return {k: (float(v) if math.isfinite(float(v)) else float("nan")) for k, v in out.items()}
