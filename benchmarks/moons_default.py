@@ -51,9 +51,8 @@ def main() -> None:
             )
             sample_s = time.perf_counter() - t1
         ref, ref2 = fresh_moons(a.n, 1000 + seed), fresh_moons(a.n, 2000 + seed)
-        g = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
-        floor = sliced_wasserstein(ref, ref2, generator=g(), **proj)
-        swd = sliced_wasserstein(x, ref, generator=g(), **proj)
+        floor = sliced_wasserstein(ref, ref2, generator=torch.Generator().manual_seed(seed), **proj)
+        swd = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(seed), **proj)
         rows.append((seed, train_s, sample_s, swd, floor, swd / floor))
         print(
             f"seed {seed}: train {train_s:.1f}s, sample {sample_s:.1f}s, SWD {swd:.4f}, floor {floor:.4f}, ratio {swd / floor:.2f}",

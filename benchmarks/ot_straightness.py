@@ -5,7 +5,7 @@ standardised eight-gaussians samples with identical initial weights, data stream
 the only difference is the coupling: ``Independent()`` or ``MinibatchOT("exact")`` (OT-CFM, Tong et
 al., 2024). For each model, from one fixed batch of noise:
 
-- SWD (sliced 2-Wasserstein, 1000 fixed projections, data units) to fresh data after 1, 2 and 4
+- SWD (sliced 2-Wasserstein, 500 fixed projections, data units) to fresh data after 1, 2 and 4
   Euler steps, and after Dopri5 (atol = rtol = 1e-5; the model's own limit);
 - straightness (Liu et al., 2023): mean over the 100 grid times of E|v(x_t, t) - (x_1 - x_0)|^2 along
   the model's own Euler-100 trajectory, in standardised units (0 for a straight path);
@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--n", type=int, default=None, help="evaluation samples (default 10000)")
-    p.add_argument("--proj", type=int, default=1000, help="SWD projections")
+    p.add_argument("--proj", type=int, default=500, help="SWD projections (fixed across all runs)")
     p.add_argument("--n-ot", type=int, default=2000, help="points for the exact-OT excess-cost ratio")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-cache", action="store_true", help="neither read nor write benchmarks/.cache")
