@@ -51,6 +51,28 @@ class EMA:
         self.num_updates = 0
         self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._averaged = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+        self._plan: tuple[int, list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]] | None = None
+
+    def _pairs(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
+        """(shadow, live) tensors to average and to copy; built once per model (the hot path reuses it)."""
+        if self._plan is not None and self._plan[0] == id(model):
+            return self._plan[1], self._plan[2], self._plan[3]
+        live = model.state_dict(keep_vars=True)
+        if live.keys() != self.shadow.keys():
+            raise ValueError(
+                "EMA.update got a model whose state_dict keys differ from the one the EMA was built from; "
+                "pass the same model (unwrapped from DDP) every time"
+            )
+        avg_s, avg_p, copies = [], [], []
+        for k, s in self.shadow.items():
+            v = live[k].detach()
+            if k in self._averaged and s.is_floating_point():
+                avg_s.append(s)
+                avg_p.append(v)
+            else:
+                copies.append((s, v))
+        self._plan = (id(model), avg_s, avg_p, copies)
+        return avg_s, avg_p, copies
 
     def current_decay(self) -> float:
         """The decay :math:`d_n` the next :meth:`update` will use."""
@@ -63,23 +85,11 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Fold the current parameters of ``model`` into the average (call after each optimizer step)."""
         d = self.current_decay()
-        live = model.state_dict(keep_vars=True)
-        if live.keys() != self.shadow.keys():
-            raise ValueError(
-                "EMA.update got a model whose state_dict keys differ from the one the EMA was built from; "
-                "pass the same model (unwrapped from DDP) every time"
-            )
-        avg_s, avg_p = [], []
-        for k, s in self.shadow.items():
-            v = live[k].detach()
-            if k in self._averaged and s.is_floating_point():
-                avg_s.append(s)
-                avg_p.append(v)
-            else:
-                s.copy_(v)
+        avg_s, avg_p, copies = self._pairs(model)
+        for s, v in copies:
+            s.copy_(v)
         if avg_s:
-            torch._foreach_mul_(avg_s, d)
-            torch._foreach_add_(avg_s, avg_p, alpha=1.0 - d)
+            torch._foreach_lerp_(avg_s, avg_p, 1.0 - d)  # s + (1 - d)(p - s) = d s + (1 - d) p
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -105,6 +115,7 @@ class EMA:
     def to(self, device: torch.device | str) -> EMA:
         """Move the average to ``device`` (in place); returns self."""
         self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        self._plan = None
         return self
 
     @torch.no_grad()
