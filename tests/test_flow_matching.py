@@ -152,3 +152,36 @@ def test_nll_and_bits_per_dim_of_the_exact_flow():
     exact = float(-flow.log_prob(pts).mean())
     assert nll(gen, pts, batch_size=20, atol=1e-8, rtol=1e-8) == pytest.approx(exact, abs=1e-5)
     assert bits_per_dim(exact, 2) == pytest.approx(exact / (2 * math.log(2)))
+
+
+@pytest.mark.parametrize(
+    "path, prediction",
+    [
+        (AffinePath(Cosine()), "x0"),
+        (AffinePath(Linear()), "score"),
+        (StochasticInterpolant(Linear(), BrownianGamma(0.5)), "denoiser"),
+    ],
+    ids=["x0-cosine", "score-linear", "denoiser-interpolant"],
+)
+def test_noise_score_and_denoiser_targets_are_minimised_by_their_closed_forms(path, prediction):
+    flow = GaussianFlow(path, M, S)
+
+    def closed_form(x, t):
+        score = flow.score(x, t)
+        if prediction == "x0":  # E[x0 | x_t] = -sigma_t * score
+            return -path.schedule(t).sigma[:, None] * score
+        if prediction == "score":
+            return score
+        return -path.gamma(t)[0][:, None] * score  # E[z | x_t] = -gamma_t * score
+
+    x1, delta = _data(), torch.tensor([0.3, -0.2], dtype=torch.float64)
+    losses = []
+    for off in (0.0, delta):
+        fm = FlowMatching(Exact(closed_form, off), path=path, prediction=prediction, t_range=(0.05, 0.7))
+        torch.manual_seed(0)
+        losses.append(float(fm.loss(x1)))
+    assert losses[1] - losses[0] == pytest.approx(float(delta.square().mean()), rel=0.05)
+    # and the generator turns the closed-form prediction back into the exact velocity
+    gen_field = FlowMatching(Exact(closed_form), path=path, prediction=prediction, event_shape=(2,)).velocity
+    x, t = torch.randn(16, 2, dtype=torch.float64), 0.1 + 0.6 * torch.rand(16, dtype=torch.float64)
+    torch.testing.assert_close(gen_field(x, t), flow.velocity(x, t))
