@@ -12,7 +12,9 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch):
     pytest.importorskip("ot")
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README must keep its API tour"
-    code = blocks[0].replace("steps=5_000", "steps=60").replace('"runs/my-moons"', repr(str(tmp_path / "run")))
+    code = (
+        blocks[0].replace("steps=5_000", "steps=60").replace('"runs/my-moons"', repr(str(tmp_path / "run")))
+    )
     assert "steps=60" in code
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import flowforge.train
-from flowforge.train import EMA, BatchRequest, CheckpointError, Run, Trainer, lr_at, train
+from flowforge.train import EMA, BatchRequest, CheckpointError, Run, Trainer, lr_at, run_seeds, train
 from flowforge.train import checkpoint as ck_mod
 from flowforge.train import ema as ema_mod
 from flowforge.train import trainer as trainer_mod
@@ -385,3 +385,28 @@ def test_bad_losses_are_reported():
 
     with pytest.raises(FloatingPointError, match="lower lr"):
         train(NanLoss(), moons(), steps=8, **FAST)
+
+
+def test_data_stream_and_global_rng_are_independent():
+    """Seeded alike, the data's uniforms would equal the loss's (e.g. flow-matching times)."""
+    seen: dict[str, list] = {"data": [], "loss": []}
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def loss(self, batch):
+            seen["loss"].append(torch.rand(8))
+            return (self.w - batch.mean()) ** 2
+
+    def data(n, g):
+        u = torch.rand(8, generator=g)
+        seen["data"].append(u)
+        return u
+
+    train(Probe(), data, steps=3, seed=0, progress=False)
+    for a, b in zip(seen["data"], seen["loss"]):
+        assert not torch.allclose(a, b)
+    assert len({run_seeds(s, r) for s in range(3) for r in range(3)}) == 9
+    assert len(set(run_seeds(0, 0))) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,8 +86,9 @@ def _train(a: argparse.Namespace) -> int:
         resume=a.resume,
         progress=not a.quiet,
     )
-    print(f"trained {a.recipe} for {run.step} steps in {time.time() - t0:.1f}s -> {run.out}")
-    print(f"next: flowforge sample {run.out} --n 10000 --out samples.png")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        print(f"trained {a.recipe} for {run.step} steps in {time.time() - t0:.1f}s -> {run.out}")
+        print(f"next: flowforge sample {run.out} --n 10000 --out samples.png")
     return 0
 
 

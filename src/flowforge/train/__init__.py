@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 from .distributed import LossModule
 from .ema import EMA
-from .trainer import BatchRequest, Run, Trainer, lr_at, train
+from .trainer import BatchRequest, Run, Trainer, lr_at, run_seeds, train
 
 __all__ = [
     "EMA",
@@ -51,6 +51,7 @@ __all__ = [
     "load_checkpoint",
     "load_safetensors",
     "lr_at",
+    "run_seeds",
     "safetensors_metadata",
     "save_checkpoint",
     "save_safetensors",

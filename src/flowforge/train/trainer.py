@@ -42,7 +42,7 @@ from .checkpoint import (
 )
 from .ema import EMA
 
-__all__ = ["BatchRequest", "Run", "Trainer", "lr_at", "train"]
+__all__ = ["BatchRequest", "Run", "Trainer", "lr_at", "run_seeds", "train"]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -111,6 +111,17 @@ def lr_at(
 
 # ----------------------------------------------------------------------------------------------------
 # data
+
+
+def run_seeds(seed: int, rank: int = 0) -> tuple[int, int]:
+    """Independent seeds for the data generator and torch's global RNG of process ``rank``.
+
+    The two streams must differ: seeded alike, the data's uniforms and the loss's uniforms (e.g. the
+    flow-matching times) would be the same numbers, and the model would learn that coincidence. Derived
+    with numpy's ``SeedSequence`` so that nearby seeds and ranks give unrelated streams.
+    """
+    data_seed, global_seed = np.random.SeedSequence([seed, rank]).generate_state(2, dtype=np.uint64)
+    return int(data_seed >> np.uint64(1)), int(global_seed >> np.uint64(1))
 
 
 def _make_source(data: Any, device: torch.device) -> Callable[[int, torch.Generator], Any]:
@@ -665,8 +676,9 @@ class Trainer:
             if main:
                 _truncate_metrics(out / METRICS_FILE, start)
         else:
-            gen.manual_seed(self.seed + info.rank)
-            torch.manual_seed(self.seed + info.rank)  # the model's loss may draw from the global RNG
+            data_seed, global_seed = run_seeds(self.seed, info.rank)
+            gen.manual_seed(data_seed)
+            torch.manual_seed(global_seed)  # the model's loss may draw from the global RNG
             if out is not None and main:
                 out.mkdir(parents=True, exist_ok=True)
                 atomic_write(
@@ -846,7 +858,7 @@ def train(
       ``model.loss`` gets a :class:`BatchRequest` ``(size, generator, device)``.
 
     **Reproducibility.** A fresh run seeds its data generator and torch's global RNG (which the loss may
-    use, e.g. for noise and times) with ``seed + rank``; same seed and same initial weights give the same
+    use, e.g. for noise and times) with two independent seeds derived from ``(seed, rank)`` (:func:`run_seeds`); same seed and same initial weights give the same
     result, bit for bit on CPU. The model's initial weights are the caller's. ``resume=True`` restores
     every RNG state (data generator, torch CPU, CUDA, numpy, python) with the weights, EMA and
     optimizer, so a killed run continues exactly as if it had not been interrupted.
