@@ -4,7 +4,7 @@ Workload (as in section 6 of ``shared/reference/flow-matching-libraries.md``): N
 (standardised), the flowforge ``MLP(2, 256, 3)`` ([x, t] -> 256 -> 256 -> 256 -> 2, SiLU), AdamW
 (weight decay 0, i.e. Adam) at lr 1e-3, batch 256, linear path with sigma = 0. Every variant gets an
 identical copy of one initialised network and the same pre-generated data batch at step ``i``, and
-starts its own global-RNG stream from ``torch.manual_seed(0)``, so variants that draw ``x0`` then ``t``
+starts its own global-RNG stream from ``train``'s global seed for ``seed=0``, so variants that draw ``x0`` then ``t``
 in the same order see the same random numbers.
 
 Variants
@@ -60,12 +60,15 @@ import flowforge
 from flowforge.continuous import FlowMatching
 from flowforge.data import toy2d
 from flowforge.nn import MLP
-from flowforge.train import train
+from flowforge.train import run_seeds, train
 
 BATCH = 256
 LR = 1e-3
 EMA_DECAY = 0.999
 CLIP = 1.0
+
+# the global-RNG seed train(seed=0) uses, so hand-written loops draw the same noise and times
+GLOBAL_SEED = run_seeds(0)[1]
 
 
 def import_peers():
@@ -123,7 +126,7 @@ class LoopVariant(Variant):
         super().__init__(name)
         self.step = step
         self.params = step.params
-        torch.manual_seed(0)
+        torch.manual_seed(GLOBAL_SEED)
         self.rng = torch.get_rng_state()  # this variant's own stream of the global RNG
 
     def run_block(self, batches: list[Tensor], start: int, n: int, timed: bool) -> None:
@@ -153,7 +156,7 @@ class ThreadVariant(Variant):
 
     ``run(data, callback)`` trains for all steps, drawing batches with ``data(batch_size, generator)``
     and calling ``callback(step, obj)`` after each step, with ``obj.last_loss`` set (``train``'s
-    contract). It must seed the global RNG itself (``train`` does: ``torch.manual_seed(seed)``).
+    contract). It must seed the global RNG itself (``train`` does, with ``run_seeds(seed)[1]``).
     """
 
     def __init__(
@@ -312,7 +315,7 @@ def build_variants(base: MLP, batches: list[Tensor], total: int) -> tuple[list[V
             last_loss: Tensor | None = None
 
         def run(data: Callable, callback: Callable) -> None:
-            torch.manual_seed(0)
+            torch.manual_seed(GLOBAL_SEED)
             holder = Holder()
             for i in range(total):
                 holder.last_loss = step(data(BATCH, None)).detach()
