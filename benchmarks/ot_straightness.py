@@ -25,15 +25,13 @@ Trained weights are cached in ``benchmarks/.cache/`` (safetensors + JSON); ``--r
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from _cache import train_or_load  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import Tensor
 
 from flowforge.continuous import FlowMatching
@@ -42,9 +40,7 @@ from flowforge.core.couplings import Independent, MinibatchOT
 from flowforge.data import Standardizer, toy2d
 from flowforge.metrics import sliced_wasserstein
 from flowforge.nn import MLP
-from flowforge.train import train
 
-CACHE = Path(__file__).resolve().parent / ".cache"
 DATASET = "eight-gaussians"
 COUPLINGS = {"independent": Independent, "minibatch-OT": lambda: MinibatchOT("exact")}
 EULER_STEPS = (1, 2, 4)
@@ -60,26 +56,9 @@ def get_model(
 ) -> tuple[FlowMatching, dict]:
     """Train (or load) one model; the initial weights depend on ``seed`` only, not on the coupling."""
     tag = f"ot-{DATASET}-{coupling}-mlp256x3-steps{steps}-b{batch}-seed{seed}"
-    wpath, ipath = CACHE / f"{tag}.safetensors", CACHE / f"{tag}.json"
     torch.manual_seed(seed)
     fm = FlowMatching(MLP(2, 256, 3), coupling=COUPLINGS[coupling]())
-    if read and wpath.is_file() and ipath.is_file():
-        fm.load_state_dict(load_file(str(wpath)))
-        return fm.eval(), json.loads(ipath.read_text()) | {"cached": True}
-
-    def data(b: int, g: torch.Generator) -> Tensor:
-        return sc.forward(toy2d(DATASET, b, generator=g))
-
-    t0 = time.perf_counter()
-    run = train(fm, data, steps=steps, batch_size=batch, lr=1e-3, ema_decay=0.999, seed=seed, progress=False)
-    secs = time.perf_counter() - t0
-    run.load_into(fm, ema=True)
-    info = {"ms_per_step": 1e3 * secs / steps, "final_loss": run.metrics()[-1]["loss"]}
-    if write:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in fm.state_dict().items()}, str(wpath))
-        ipath.write_text(json.dumps(info, indent=2))
-    return fm.eval(), info | {"cached": False}
+    return train_or_load(fm, tag, DATASET, sc, steps=steps, batch=batch, seed=seed, read=read, write=write)
 
 
 def coupling_ms(batch: int, sc: Standardizer, reps: int) -> dict[str, float]:

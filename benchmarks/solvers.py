@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from _cache import CACHE, train_or_load  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import Tensor
 
 from flowforge.continuous import FlowMatching
@@ -38,9 +36,7 @@ from flowforge.core import solvers as S
 from flowforge.data import Standardizer, toy2d
 from flowforge.metrics import sliced_wasserstein
 from flowforge.nn import MLP
-from flowforge.train import train
 
-CACHE = Path(__file__).resolve().parent / ".cache"
 BUDGETS = (2, 4, 6, 8, 12, 16, 32, 64)
 DOPRI_TOLS = (1e-2, 1e-3, 1e-4, 1e-5)
 # name -> (solver factory, evaluations per step, extra evaluations once)
@@ -73,36 +69,9 @@ def get_model(
 ) -> tuple[FlowMatching, dict]:
     """The EMA model for ``name`` and a dict of training info (seconds, ms/step, cached or not)."""
     tag = f"solvers-{name}-mlp256x3-steps{steps}-b{batch}-seed{seed}"
-    wpath, ipath = CACHE / f"{tag}.safetensors", CACHE / f"{tag}.json"
-    fm = build(seed)
-    if use_cache and wpath.is_file() and ipath.is_file():
-        fm.load_state_dict(load_file(str(wpath)))
-        info = json.loads(ipath.read_text()) | {"cached": True}
-        return fm.eval(), info
-
-    def data(b: int, g: torch.Generator) -> Tensor:
-        return sc.forward(toy2d(name, b, generator=g))
-
-    t0 = time.perf_counter()
-    run = train(fm, data, steps=steps, batch_size=batch, lr=1e-3, ema_decay=0.999, seed=seed, progress=False)
-    secs = time.perf_counter() - t0
-    run.load_into(fm, ema=True)
-    info = {
-        "train_seconds": round(secs, 1),
-        "ms_per_step": round(1e3 * secs / steps, 2),
-        "final_loss": run.metrics()[-1]["loss"],
-        "threads": torch.get_num_threads(),
-    }
-    if use_cache:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in fm.state_dict().items()}, str(wpath))
-        ipath.write_text(json.dumps(info, indent=2))
-    return fm.eval(), info | {"cached": False}
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
+    return train_or_load(
+        build(seed), tag, name, sc, steps=steps, batch=batch, seed=seed, read=use_cache, write=use_cache
+    )
 
 
 def integrate(f: Callable, x0: Tensor, solver: S.Solver, grid: Tensor) -> tuple[Tensor, int]:
