@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override recipe keys")
     t.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    t.add_argument(
+        "--energy",
+        metavar="MODULE:FUNCTION",
+        help="target energy of a *-bg recipe: a callable (B, D) -> (B,)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
@@ -51,8 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="compare a run's samples (and likelihood) with data; prints JSON")
     e.add_argument("run")
-    e.add_argument("--data", required=True, help="reference data: .npy, .npz, .pt or .csv of shape (N, D)")
-    e.add_argument("--metrics", default="swd,mmd,energy", help="comma-separated: swd,w2,mmd,energy,nll")
+    e.add_argument(
+        "--data", help="reference data: .npy, .npz, .pt or .csv (default: the recipe's held-out data)"
+    )
+    e.add_argument(
+        "--metrics",
+        help="comma-separated: swd,w2,mmd,energy,nll (flows), nll,bpd (images), ess,logz,nll (*-bg); "
+        "default: the recipe's",
+    )
+    e.add_argument(
+        "--energy", metavar="MODULE:FUNCTION", help="target energy for ess/logz (default: the run's energy)"
+    )
     e.add_argument("--n", type=int, help="number of model samples (default min(N, 10000))")
     e.add_argument("--solver")
     e.add_argument("--steps", type=int)
@@ -76,9 +90,12 @@ def _train(a: argparse.Namespace) -> int:
     from flowforge.recipes import parse_sets, train_recipe
 
     t0 = time.time()
+    overrides = parse_sets(a.set)
+    if a.energy:
+        overrides["energy"] = a.energy
     run = train_recipe(
         a.recipe,
-        overrides=parse_sets(a.set),
+        overrides=overrides,
         data_file=a.data,
         out=a.out,
         steps=a.steps,
@@ -143,11 +160,24 @@ def _sample(a: argparse.Namespace) -> int:
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from flowforge.recipes import evaluate
+    from flowforge.recipes import evaluate, get_recipe
+    from flowforge.recipes.runs import _read_config
 
-    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    if a.metrics is None:
+        recipe = get_recipe(_read_config(Path(a.run))["recipe"])
+        metrics = list(recipe.metrics) or ["swd", "mmd", "energy"]
+    else:
+        metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
     res = evaluate(
-        a.run, a.data, metrics, n_samples=a.n, seed=a.seed, solver=a.solver, steps=a.steps, qmc=a.qmc
+        a.run,
+        a.data,
+        metrics,
+        n_samples=a.n,
+        seed=a.seed,
+        solver=a.solver,
+        steps=a.steps,
+        qmc=a.qmc,
+        energy=a.energy,
     )
     print(json.dumps(res))
     return 0

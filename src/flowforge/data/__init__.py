@@ -1,9 +1,30 @@
-"""Datasets: 2-D toy distributions and user arrays (loading, checking, standardising).
+"""Datasets: 2-D toy distributions, images (MNIST, digits), energies and user arrays.
 
 Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only.
 """
 
 from flowforge.data.arrays import SUPPORTED_EXTENSIONS, Standardizer, check_finite, load_array
+from flowforge.data.images import (
+    ImageSet,
+    dequantization_log_det,
+    dequantize,
+    load_digits,
+    load_mnist,
+    quantize,
+)
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 
-__all__ = ["SUPPORTED_EXTENSIONS", "TOY2D_NAMES", "Standardizer", "check_finite", "load_array", "toy2d"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "TOY2D_NAMES",
+    "ImageSet",
+    "Standardizer",
+    "check_finite",
+    "dequantization_log_det",
+    "dequantize",
+    "load_array",
+    "load_digits",
+    "load_mnist",
+    "quantize",
+    "toy2d",
+]

@@ -22,7 +22,15 @@ from flowforge.data import Standardizer, check_finite, load_array, toy2d
 from flowforge.nn import MLP
 from flowforge.recipes.registry import Recipe, register
 
-__all__ = ["PATHS", "TIME_SAMPLERS", "COUPLINGS", "DISTANCES", "build_flow_matching", "flow_data"]
+__all__ = [
+    "PATHS",
+    "TIME_SAMPLERS",
+    "COUPLINGS",
+    "DISTANCES",
+    "build_flow_matching",
+    "flow_data",
+    "toy_reference",
+]
 
 PATHS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "linear": lambda c: AffinePath(Linear()),
@@ -106,6 +114,13 @@ def flow_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return stream, {"dim": 2, "standardizer": std.to_dict() if std else None}
 
 
+def toy_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
+    """Fresh held-out points of a toy recipe's distribution (a user's file has none: pass ``--data``)."""
+    if config.get("data_file"):
+        raise ValueError(f"the run was trained on {config['data_file']}; pass held-out data with --data FILE")
+    return toy2d(config["dataset"], n, noise=config["noise"], seed=10_000 + seed)
+
+
 FLOW2D_DEFAULTS: dict[str, Any] = {
     "dataset": "moons",
     "noise": None,
@@ -151,5 +166,6 @@ for _name, _summary in _SUMMARIES.items():
             defaults={**FLOW2D_DEFAULTS, "dataset": _name},
             build=build_flow_matching,
             data=flow_data,
+            reference=toy_reference,
         )
     )

@@ -29,7 +29,14 @@ class Recipe:
         build: ``config -> model`` (an ``nn.Module`` with ``loss(batch)`` and ``generator()``).
         data: ``config -> (training data, config updates)``; the updates (e.g. the data's dimension and
             standardisation) are merged into the config that is saved with the run.
-        kind: the family, for ``eval``'s choice of metrics (``"continuous"``, ...).
+        kind: the family, for ``eval``'s choice of metrics (``"continuous"``, ``"normalizing"``,
+            ``"image"``, ``"boltzmann"``).
+        reference: ``(config, n, seed) -> (n, D)`` held-out data that ``eval`` uses when no ``--data``
+            is given (a fresh toy sample, a test split, reference samples of an energy); ``None``: ``--data``
+            is required.
+        evaluate: ``(run_dir, config, data, metrics, **opts) -> dict`` for recipes whose metrics are not
+            the sample-based ones (images, Boltzmann generators); ``None``: the default evaluation.
+        metrics: the metric names this recipe's ``eval`` accepts (empty: the default set).
     """
 
     name: str
@@ -38,6 +45,9 @@ class Recipe:
     build: Callable[[dict[str, Any]], nn.Module]
     data: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]]
     kind: str = "continuous"
+    reference: Callable[[dict[str, Any], int, int], Any] | None = None
+    evaluate: Callable[..., dict[str, float]] | None = None
+    metrics: tuple[str, ...] = ()
 
 
 RECIPES: dict[str, Recipe] = {}

@@ -116,6 +116,14 @@ class DataSpaceGenerator:
         x = self.inner.sample(n, **opts)
         return self.std.inverse(x) if self.std is not None else x
 
+    def sample_and_log_prob(self, n: int, **opts: Any) -> tuple[Tensor, Tensor]:
+        """``(n, dim)`` samples in data units and their log-density ``(n,)`` (normalizing flows)."""
+        z, log_q = self.inner.sample_and_log_prob(n, **opts)
+        if self.std is None:
+            return z, log_q
+        x = self.std.inverse(z)
+        return x, log_q + self.std.log_det(x)
+
     def log_prob(self, x: Tensor, **opts: Any) -> Tensor:
         """``(B,)`` log-density of data points in data units (nats)."""
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -134,7 +142,7 @@ def generator(run_dir: str | Path) -> DataSpaceGenerator:
 
 def evaluate(
     run_dir: str | Path,
-    data: str | Path | Tensor,
+    data: str | Path | Tensor | None = None,
     metrics: Sequence[str] = ("swd", "mmd", "energy"),
     *,
     n_samples: int | None = None,
@@ -144,22 +152,72 @@ def evaluate(
     qmc: bool | None = None,
     nll_points: int = 2000,
     w2_points: int = 2000,
+    energy: str | None = None,
 ) -> dict[str, float]:
-    """Compare a run's samples with ``data`` (a file or an ``(N, D)`` tensor) in data units.
+    """Evaluate a run folder against ``data`` (a file or a tensor; default: the recipe's held-out data).
 
-    Samples use the recipe's solver, steps and ``qmc`` setting unless given.
-    Returns a dict keyed by metric name; ``nll`` is the mean negative log-likelihood in nats per sample
-    over (at most ``nll_points`` of) the data as given, ``w2`` is exact on ``w2_points`` points.
+    Sample-based metrics (``swd``, ``w2``, ``mmd``, ``energy``) compare the run's samples with the data
+    in data units; ``nll`` is the mean negative log-likelihood in nats per sample of (at most
+    ``nll_points`` of) the data as given, undoing any standardisation. Image and Boltzmann recipes add
+    ``bpd``, ``ess`` and ``logz`` (see their modules). Samples use the recipe's solver, steps and ``qmc``
+    unless given; ``energy`` (``"module:function"``) replaces a Boltzmann recipe's target energy.
     """
-    bad = [m for m in metrics if m not in METRICS]
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    recipe = get_recipe(config["recipe"])
+    valid = recipe.metrics or METRICS
+    bad = [m for m in metrics if m not in valid]
     if bad:
-        raise ValueError(f"unknown metric(s) {', '.join(bad)}; valid metrics: {', '.join(METRICS)}")
-    x = load_array(data) if not isinstance(data, Tensor) else data.float()
-    check_finite(x, what=str(data) if not isinstance(data, Tensor) else "data")
+        raise ValueError(
+            f"unknown metric(s) {', '.join(bad)} for recipe {recipe.name!r}; valid metrics: {', '.join(valid)}"
+        )
+    if not metrics:
+        raise ValueError(f"no metrics asked for; write e.g. --metrics {','.join(valid)}")
+    if energy is not None and recipe.kind != "boltzmann":
+        raise ValueError(f"--energy applies to Boltzmann-generator recipes (*-bg), not {recipe.name!r}")
+    if data is None:
+        if recipe.reference is None:
+            raise ValueError(f"recipe {recipe.name!r} has no held-out data of its own; pass --data FILE")
+        x = recipe.reference(config, n_samples or 10_000, seed + 1)
+    elif isinstance(data, Tensor):
+        x = data
+    else:
+        x = load_array(data)
+        check_finite(x, what=str(data))
+    if recipe.evaluate is not None:
+        out = recipe.evaluate(
+            run_dir,
+            config,
+            x,
+            list(metrics),
+            n_samples=n_samples,
+            seed=seed,
+            energy=energy,
+            nll_points=nll_points,
+        )
+    else:
+        out = _evaluate_samples(
+            run_dir, config, x.float(), metrics, n_samples, seed, solver, steps, qmc, nll_points, w2_points
+        )
+    return {k: (float(v) if math.isfinite(float(v)) else float("nan")) for k, v in out.items()}
+
+
+def _evaluate_samples(
+    run_dir: Path,
+    config: dict[str, Any],
+    x: Tensor,
+    metrics: Sequence[str],
+    n_samples: int | None,
+    seed: int,
+    solver: str | None,
+    steps: int | None,
+    qmc: bool | None,
+    nll_points: int,
+    w2_points: int,
+) -> dict[str, float]:
     gen = generator(run_dir)
     if x.dim() != 2 or x.shape[1] != gen.dim:
         raise ValueError(f"data has shape {tuple(x.shape)} but the run was trained on (N, {gen.dim})")
-    config = _read_config(Path(run_dir))
     g = torch.Generator().manual_seed(seed)
     out: dict[str, float] = {}
     sample_metrics = [m for m in metrics if m != "nll"]
@@ -170,6 +228,7 @@ def evaluate(
             generator=g,
             solver=solver or config.get("solver", "heun"),
             steps=steps or config.get("sample_steps", 25),
+            qmc=config.get("qmc", False) if qmc is None else qmc,
         )
         if "swd" in metrics:
             out["swd"] = sliced_wasserstein(
@@ -185,4 +244,4 @@ def evaluate(
     if "nll" in metrics:
         pts = x[torch.randperm(len(x), generator=g)[:nll_points]]
         out["nll"] = nll(gen, pts)
-    return {k: (float(v) if math.isfinite(float(v)) else float("nan")) for k, v in out.items()}
+    return out

@@ -1,0 +1,182 @@
+"""A normalizing flow: bijections from data to noise plus a base distribution.
+
+Convention (DESIGN.md): ``forward`` maps data ``x`` to noise ``z`` and returns ``(z, log|det dz/dx|)``;
+sampling runs the inverse. ``log p(x) = log p_base(z) + log|det dz/dx|``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Bijection", "Compose", "StandardNormal", "Flow", "split_batch"]
+
+
+@runtime_checkable
+class Bijection(Protocol):
+    """An invertible map that reports its log-Jacobian with the value.
+
+    ``forward(x, **cond) -> (z, ladj)`` with ``ladj = log|det dz/dx|`` of shape ``(B,)``;
+    ``inverse(z, **cond) -> (x, ladj)`` with ``ladj = log|det dx/dz|`` (so the two sum to zero).
+    """
+
+    def forward(self, x: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def inverse(self, z: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class Compose(nn.Module):
+    """Bijections applied in order in ``forward`` (data to noise) and in reverse order in ``inverse``.
+
+    Example:
+        >>> from flowforge.normalizing.bijections import ActNorm, Reverse
+        >>> f = Compose([ActNorm(2), Reverse()])
+        >>> x = torch.randn(5, 2)
+        >>> z, ladj = f(x)
+        >>> torch.allclose(f.inverse(z)[0], x, atol=1e-6)
+        True
+    """
+
+    def __init__(self, bijections: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.bijections = nn.ModuleList(bijections)
+
+    def forward(self, x: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = x.new_zeros(x.shape[0])
+        for b in self.bijections:
+            x, l = b(x, **cond)
+            ladj = ladj + l
+        return x, ladj
+
+    def inverse(self, z: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = z.new_zeros(z.shape[0])
+        for b in reversed(self.bijections):
+            z, l = b.inverse(z, **cond)
+            ladj = ladj + l
+        return z, ladj
+
+
+class StandardNormal(nn.Module):
+    """``N(0, I)`` over an event of shape ``event_shape``; ``log_prob: (B, *event) -> (B,)``."""
+
+    def __init__(self, event_shape: int | Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows .to(device, dtype)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        d = math.prod(self.event_shape)
+        return -0.5 * z.flatten(1).square().sum(1) - 0.5 * d * math.log(2 * math.pi)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        a = self._anchor
+        return torch.randn((n, *self.event_shape), generator=generator, device=a.device, dtype=a.dtype)
+
+
+def split_batch(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    """``x`` or ``(x, y)`` or ``{"x": x, **cond}`` into ``(x, cond)``."""
+    if isinstance(batch, Tensor):
+        return batch, {}
+    if isinstance(batch, dict):
+        if "x" not in batch:
+            raise ValueError(f"a dict batch needs an 'x' entry; got keys {sorted(batch)}")
+        return batch["x"], {k: v for k, v in batch.items() if k != "x"}
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], {"y": batch[1]}
+    if isinstance(batch, (tuple, list)) and len(batch) == 1:
+        return batch[0], {}
+    raise ValueError(f"batch must be x, (x, y) or {{'x': x, ...}}; got {type(batch).__name__}")
+
+
+class Flow(nn.Module):
+    r"""A normalizing flow :math:`z = f(x)`, :math:`\log p(x) = \log p_Z(f(x)) + \log|\det J_f(x)|`.
+
+    A Flow is its own :class:`Generator` (``sample``, ``log_prob``) and its own objective (``loss`` is
+    the mean negative log-likelihood per sample, maximum likelihood).
+
+    Args:
+        transform: a bijection, or a sequence of them (composed in order, data to noise).
+        base: base distribution with ``log_prob(z) -> (B,)`` and ``sample(n, generator)``; default
+            ``StandardNormal(event_shape)``.
+        event_shape: shape of one sample; needed when ``base`` is not given.
+
+    Example:
+        >>> from flowforge.normalizing.bijections import ActNorm
+        >>> flow = Flow([ActNorm(2)], event_shape=(2,))
+        >>> x = flow.sample(4, generator=torch.Generator().manual_seed(0))
+        >>> flow.log_prob(x).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        transform: nn.Module | Sequence[nn.Module],
+        base: nn.Module | None = None,
+        *,
+        event_shape: int | Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(transform, (list, tuple)):
+            transform = Compose(transform)
+        self.transform = transform
+        if base is None:
+            if event_shape is None:
+                raise ValueError("Flow needs event_shape=(D,) (or a base distribution)")
+            base = StandardNormal(event_shape)
+        self.base = base
+        shape = event_shape if event_shape is not None else getattr(base, "event_shape", None)
+        if shape is None:
+            raise ValueError("Flow needs event_shape=... when the base has no event_shape")
+        self.event_shape = (shape,) if isinstance(shape, int) else tuple(shape)
+
+    def _check(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"expected points of shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log|det dz/dx|)`` for data ``x: (B, *event)``."""
+        self._check(x)
+        return self.transform(x, **cond)
+
+    def inverse(self, z: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, log|det dx/dz|)`` for noise ``z: (B, *event)``."""
+        return self.transform.inverse(z, **cond)
+
+    def log_prob(self, x: Tensor, **cond: Tensor) -> Tensor:
+        """Exact ``log p(x)``; ``(B, *event) -> (B,)``."""
+        z, ladj = self(x, **cond)
+        return self.base.log_prob(z) + ladj
+
+    def sample_and_log_prob(
+        self, n: int, *, cond: dict[str, Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterised samples ``(n, *event)`` and their ``log q`` ``(n,)`` (gradients flow)."""
+        z = self.base.sample(n, generator)
+        x, ladj = self.inverse(z, **(cond or {}))
+        return x, self.base.log_prob(z) - ladj
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: dict[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        **_: Any,
+    ) -> Tensor:
+        """``n`` samples ``(n, *event)``; extra options of other generators are ignored."""
+        return self.sample_and_log_prob(n, cond=cond, generator=generator)[0]
+
+    def loss(self, batch: Any) -> Tensor:
+        """Maximum likelihood: mean ``-log p(x)`` per sample over ``x``, ``(x, y)`` or a dict batch."""
+        x, cond = split_batch(batch)
+        return -self.log_prob(x, **cond).mean()
+
+    def generator(self) -> Flow:
+        return self
