@@ -117,6 +117,9 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("flowforge: error: a .png needs matplotlib: pip install 'flowforge[plot]'") from None
+    if x.ndim == 4:  # images (N, C, H, W): a grid of the first 64
+        _image_grid(x[:64], path, title)
+        return
     if x.shape[1] < 2:
         raise ValueError(
             f"a scatter plot needs at least 2 dimensions, the samples have {x.shape[1]}; write .npy"
@@ -126,6 +129,25 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _image_grid(x: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    n = len(x)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.3), dpi=120, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = x[i].transpose(1, 2, 0)
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+    fig.suptitle(title, fontsize=8)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)

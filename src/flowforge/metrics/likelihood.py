@@ -28,7 +28,7 @@ def nll(model: HasLogProb, x: Tensor, *, batch_size: int = 1024, **opts: Any) ->
         raise ValueError("nll needs at least one point")
     total = 0.0
     for chunk in torch.split(x, batch_size):
-        total += float(model.log_prob(chunk, **opts).double().sum())
+        total += float(model.log_prob(chunk, **opts).detach().double().sum())
     return -total / x.shape[0]
 
 

@@ -133,9 +133,13 @@ class DataSpaceGenerator:
         return self.inner.log_prob(self.std.forward(x), **opts) + self.std.log_det(x)
 
 
-def generator(run_dir: str | Path) -> DataSpaceGenerator:
-    """The EMA model of a run folder as a :class:`DataSpaceGenerator`."""
+def generator(run_dir: str | Path) -> Any:
+    """The EMA model of a run folder as a :class:`DataSpaceGenerator` (images: integer pixels)."""
     model, config = load_run(run_dir)
+    if config.get("levels"):
+        from flowforge.recipes.normalizing import ImageGenerator
+
+        return ImageGenerator(model, int(config["levels"]))
     std = Standardizer.from_dict(config["standardizer"]) if config.get("standardizer") else None
     return DataSpaceGenerator(model.generator(), std, int(config["dim"]))
 

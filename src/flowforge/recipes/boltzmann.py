@@ -1,0 +1,324 @@
+"""Boltzmann-generator recipes: a normalizing flow as a proposal for a target energy ``E(x)`` in kT.
+
+``gmm40-bg``, ``manywell-bg``, ``dw4-bg``, ``lj13-bg`` and ``aldp-bg`` (and any user energy through
+``energy=module:function``). ``objective`` picks the training signal:
+
+- ``ml``: maximum likelihood on reference samples (exact samplers for GMM-40 and many-well, our cached
+  MCMC runs for DW-4 / LJ-13, our cached MD for alanine dipeptide);
+- ``kl``: the reverse KL ``E_q[log q + E]`` (needs no samples; mode-seeking);
+- ``self-improve``: Prose's importance-weighted self-improvement, starting from the weights of the run
+  folder ``init_from``.
+
+The flow sees standardised coordinates; the run's energy is evaluated in data units, so ``ess`` and
+``logz`` from ``flowforge eval`` refer to the target as defined.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flowforge.data import Standardizer
+from flowforge.data.energies import GMM40, DoubleWell4, Energy, LennardJones13, ManyWell, user_energy
+from flowforge.metrics.boltzmann import boltzmann_metrics
+from flowforge.normalizing import TARFlow
+from flowforge.normalizing.boltzmann import ReverseKL, SelfImprovement
+from flowforge.recipes.normalizing import FLOWS
+from flowforge.recipes.registry import Recipe, register
+
+__all__ = [
+    "ENERGIES",
+    "make_energy",
+    "build_boltzmann",
+    "boltzmann_data",
+    "boltzmann_evaluate",
+    "ComGaussian",
+]
+
+
+class ComGaussian(Energy):
+    r"""A translation-invariant energy made normalisable: :math:`E(x) + \tfrac N2 \lVert \bar x \rVert^2`.
+
+    The centre of geometry :math:`\bar x` of ``N`` particles gets the density :math:`N(0, I/N)`, so a flow
+    with a standard normal base can model all ``N d`` coordinates (Prose's CoM adjustment, as a target);
+    :meth:`reference_samples` re-draws the centre of the inner energy's samples accordingly.
+    """
+
+    def __init__(self, inner: Energy, n_particles: int, spatial_dim: int = 3) -> None:
+        super().__init__(inner.dim)
+        self.inner, self.n, self.d = inner, int(n_particles), int(spatial_dim)
+
+    def _center(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], self.n, self.d).mean(1)
+
+    def energy(self, x: Tensor) -> Tensor:
+        return self.inner.energy(x) + 0.5 * self.n * self._center(x).square().sum(1)
+
+    def reference_samples(self, n: int, seed: int = 0, cache_dir: Any = None, **kw: Any) -> Tensor:
+        x = self.inner.reference_samples(n, seed=seed, cache_dir=cache_dir, **kw)
+        g = torch.Generator().manual_seed(10_000 + seed)
+        c = torch.randn(len(x), 1, self.d, generator=g, dtype=x.dtype) / math.sqrt(self.n)
+        p = x.reshape(len(x), self.n, self.d)
+        return (p - p.mean(1, keepdim=True) + c).reshape(len(x), -1)
+
+
+def _aldp(config: dict[str, Any]) -> Energy:
+    from flowforge.data.aldp import AlanineDipeptide
+
+    path = config["data_dir"] or None
+    return ComGaussian(AlanineDipeptide(path, platform=config["platform"]), 22, 3)
+
+
+#: Energies known by name; anything with a ``:`` is loaded with :func:`user_energy`.
+ENERGIES: dict[str, Any] = {
+    "gmm40": lambda c: GMM40(),
+    "manywell": lambda c: ManyWell(dim=c["dim"] or 32),
+    "dw4": lambda c: DoubleWell4(),
+    "lj13": lambda c: LennardJones13(),
+    "aldp": _aldp,
+}
+
+
+def make_energy(config: dict[str, Any], override: str | None = None) -> Energy:
+    """The target energy of a config (or of ``override``, a ``module:function`` spec)."""
+    name = override or config["energy"]
+    if ":" in name:
+        return user_energy(name, dim=config.get("dim") or None)
+    if name not in ENERGIES:
+        raise ValueError(
+            f"unknown energy {name!r}; choose one of {', '.join(ENERGIES)} or write module:function"
+        )
+    return ENERGIES[name](config)
+
+
+class _StandardisedEnergy(nn.Module):
+    """``E(std^{-1}(z))``: the target seen in the flow's standardised coordinates (constant Jacobian dropped)."""
+
+    def __init__(self, energy: Energy, std: Standardizer | None) -> None:
+        super().__init__()
+        self.__dict__["energy"] = energy
+        self.std = std
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.std.inverse(z) if self.std is not None else z
+        return self.energy(x.to(torch.get_default_dtype()) if x.dtype != z.dtype else x).to(z.dtype)
+
+
+def _flow(config: dict[str, Any]) -> nn.Module:
+    dim, name = int(config["dim"]), config["flow"]
+    if name == "tarflow":
+        return TARFlow(
+            dim=dim,
+            token_dim=config["token_dim"],
+            blocks=config["blocks"],
+            width=config["width"],
+            layers=config["layers"],
+            head_dim=config["head_dim"],
+            sos=True,
+            noise_std=0.0,
+        )
+    if name not in FLOWS:
+        raise ValueError(f"unknown flow {name!r}; choose one of tarflow, {', '.join(FLOWS)}")
+    hidden = (config["hidden"],) * config["hidden_layers"]
+    kwargs: dict[str, Any] = {"transforms": config["transforms"], "hidden": hidden}
+    if name.startswith("nsf"):
+        kwargs.update(bins=config["bins"], bound=config["bound"])
+    return FLOWS[name](dim, **kwargs)
+
+
+def build_boltzmann(config: dict[str, Any]) -> nn.Module:
+    """The flow, wrapped in its training objective (``ml``: the flow itself)."""
+    flow = _flow(config)
+    objective = config["objective"]
+    if objective == "ml":
+        return flow
+    std = Standardizer.from_dict(config["standardizer"]) if config.get("standardizer") else None
+    energy = _StandardisedEnergy(make_energy(config), std)
+    if objective == "kl":
+        return ReverseKL(flow, energy)
+    if objective == "self-improve":
+        init = Path(config["init_from"]).expanduser() if config["init_from"] else None
+        if init is not None and (init / "config.json").is_file():
+            from flowforge.train import Run
+
+            Run(init).load_into(flow, ema=True)
+        return SelfImprovement(
+            flow,
+            energy,
+            teacher_weight=config["teacher_weight"],
+            buffer_size=config["buffer_size"],
+            refresh_every=config["refresh_every"],
+        )
+    raise ValueError(f"unknown objective {objective!r}; choose ml, kl or self-improve")
+
+
+def boltzmann_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Reference samples (standardised) for ``ml``; nothing for ``kl`` / ``self-improve`` (the flow samples)."""
+    energy = make_energy(config)
+    updates: dict[str, Any] = {"dim": energy.dim}
+    if config["objective"] == "self-improve":
+        init = Path(config["init_from"]).expanduser() if config["init_from"] else None
+        if init is None or not (init / "config.json").is_file():
+            raise FileNotFoundError(
+                f"objective=self-improve starts from a trained run: --set init_from=RUN_DIR (got {config['init_from']!r})"
+            )
+        import json
+
+        init_cfg = json.loads((init / "config.json").read_text())
+        for k in (
+            "flow",
+            "transforms",
+            "hidden",
+            "hidden_layers",
+            "bins",
+            "bound",
+            "blocks",
+            "width",
+            "layers",
+        ):
+            if k in init_cfg and init_cfg[k] != config.get(k):
+                raise ValueError(
+                    f"init_from run has {k}={init_cfg[k]!r} but this config has {config.get(k)!r}"
+                )
+        updates["standardizer"] = init_cfg.get("standardizer")
+        return None, updates
+    if config["objective"] == "kl":
+        updates["standardizer"] = None
+        return None, updates
+    x = energy.reference_samples(config["n_train"], seed=0).float()
+    std = Standardizer.fit(x) if config["standardize"] else None
+    updates["standardizer"] = std.to_dict() if std else None
+    return (std.forward(x) if std else x).contiguous(), updates
+
+
+def boltzmann_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
+    """Held-out samples of the target (a different seed from the training samples)."""
+    return make_energy(config).reference_samples(min(n, config["n_test"]), seed=1).float()
+
+
+def boltzmann_evaluate(
+    run_dir: Path,
+    config: dict[str, Any],
+    x: Tensor,
+    metrics: list[str],
+    *,
+    n_samples: int | None = None,
+    seed: int = 0,
+    energy: str | None = None,
+    nll_points: int = 2000,
+    **_: Any,
+) -> dict[str, float]:
+    """``ess``, ``logz`` (+ ``logz_error`` when log Z is known) by importance sampling, ``nll`` on ``x``."""
+    from flowforge.metrics import nll
+    from flowforge.recipes.runs import generator
+
+    gen = generator(run_dir)
+    out: dict[str, float] = {}
+    if x.dim() != 2 or x.shape[1] != gen.dim:
+        raise ValueError(f"data has shape {tuple(x.shape)} but the run was trained on (N, {gen.dim})")
+    if "nll" in metrics:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            out["nll"] = nll(gen, x[torch.randperm(len(x), generator=g)[:nll_points]].float())
+    if {"ess", "logz"} & set(metrics):
+        target = make_energy(config, override=energy)
+        if target.dim != gen.dim:
+            raise ValueError(f"the energy takes (B, {target.dim}) points but the run samples (B, {gen.dim})")
+        m = boltzmann_metrics(
+            gen,
+            target,
+            n_samples or config["eval_samples"],
+            torch.Generator().manual_seed(seed),
+            batch_size=2048,
+        )
+        if "ess" in metrics:
+            out["ess"] = m["ess"]
+        if "logz" in metrics:
+            out["logz"] = m["logz"]
+            if "logz_error" in m:
+                out["logz_error"] = m["logz_error"]
+    return out
+
+
+_BG_COMMON: dict[str, Any] = {
+    "energy": "",
+    "dim": 0,
+    "objective": "ml",
+    "flow": "nsf",
+    "transforms": 6,
+    "hidden": 128,
+    "hidden_layers": 2,
+    "bins": 8,
+    "bound": 5.0,
+    "token_dim": 1,
+    "blocks": 6,
+    "width": 64,
+    "layers": 2,
+    "head_dim": 32,
+    "standardize": True,
+    "n_train": 50_000,
+    "n_test": 10_000,
+    "eval_samples": 20_000,
+    "init_from": "",
+    "teacher_weight": 1.0,
+    "buffer_size": 20_000,
+    "refresh_every": 200,
+    "data_dir": "",
+    "platform": "Reference",
+    "steps": 5000,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "warmup": 200,
+    "grad_clip": 1.0,
+    "ema_decay": 0.999,
+    "threads": 1,
+}
+
+_BG = {
+    "gmm40-bg": ("GMM-40 in 2-D (FAB/DEM means), exact training samples", {"energy": "gmm40"}),
+    "manywell-bg": (
+        "many-well 32-D (2^16 modes), exact training samples, known log Z",
+        {"energy": "manywell", "dim": 32, "transforms": 8, "flow": "nsf-coupling"},
+    ),
+    "dw4-bg": (
+        "DW-4: 4 particles in 2-D, double-well pair potential, MCMC reference",
+        {"energy": "dw4", "flow": "nsf-coupling"},
+    ),
+    "lj13-bg": (
+        "LJ-13: 13 Lennard-Jones particles in 3-D (unique pairs), MCMC reference",
+        {"energy": "lj13", "flow": "tarflow", "token_dim": 3},
+    ),
+    "aldp-bg": (
+        "alanine dipeptide in vacuum (OpenMM, Amber; pip install 'flowforge[aldp]'), MD reference",
+        {
+            "energy": "aldp",
+            "flow": "nsf-coupling",
+            "transforms": 8,
+            "hidden": 256,
+            "n_train": 20_000,
+            "n_test": 5_000,
+        },
+    ),
+}
+_BG["bg"] = (
+    "your energy: --energy module:function --set dim=D (reverse KL, coupling splines)",
+    {"objective": "kl", "flow": "nsf-coupling", "standardize": False},
+)
+for _name, (_summary, _over) in _BG.items():
+    register(
+        Recipe(
+            name=_name,
+            summary="Boltzmann generator: " + _summary,
+            defaults={**_BG_COMMON, **_over},
+            build=build_boltzmann,
+            data=boltzmann_data,
+            kind="boltzmann",
+            reference=boltzmann_reference,
+            evaluate=boltzmann_evaluate,
+            metrics=("ess", "logz", "nll"),
+        )
+    )

@@ -1,0 +1,155 @@
+"""Normalizing-flow, image and Boltzmann recipes end to end through the CLI, and their error messages."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flowforge.cli import main
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def _err(capsys, argv):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def nsf_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "nsf"
+    argv = ["train", "moons-nsf", "--steps", "300", "--out", str(out), "--quiet", "--set", "transforms=3 hidden=32"]
+    assert main(argv) == 0
+    return out
+
+
+def test_moons_nsf_learns_and_reports_nll_in_data_units(nsf_run, capsys):
+    assert main(["eval", str(nsf_run), "--metrics", "nll,swd"]) == 0
+    res = _json(capsys)
+    # a standard normal fitted to standardised moons scores ~2.0 nats; the flow must beat it after 300 steps
+    from flowforge.data import Standardizer, toy2d
+
+    x = toy2d("moons", 20_000, seed=1)
+    gauss = 0.5 * 2 * math.log(2 * math.pi * math.e) - float(Standardizer.fit(x).log_det(x[:1]))
+    assert res["nll"] < gauss - 0.3, (res, gauss)
+    assert 0 < res["swd"] < 0.2
+
+
+def test_moons_tarflow_trains_and_samples(tmp_path, capsys):
+    out = tmp_path / "tar"
+    argv = ["train", "moons-tarflow", "--steps", "60", "--out", str(out), "--quiet"]
+    assert main([*argv, "--set", "blocks=2 width=16 layers=1 head_dim=8"]) == 0
+    assert main(["sample", str(out), "--n", "100", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.isfinite(np.load(tmp_path / "s.npy")).all()
+    assert main(["eval", str(out), "--metrics", "nll"]) == 0
+    assert math.isfinite(_json(capsys)["nll"])
+
+
+def test_digits_tarflow_bpd_and_image_samples(tmp_path, capsys):
+    out = tmp_path / "digits"
+    tiny = ["--set", "blocks=2 width=16 layers=1 head_dim=8 batch_size=32 ema_decay=0.9 lr=3e-3"]
+    assert main(["train", "digits-tarflow", "--steps", "100", "--out", str(out), "--quiet", *tiny]) == 0
+    assert main(["eval", str(out)]) == 0
+    res = _json(capsys)
+    assert set(res) == {"nll", "bpd"}
+    # 17 levels: a uniform model scores log2(17) = 4.09 bits; a few steps already beat 4.5, none beats 0
+    assert 0 < res["bpd"] < 4.5
+    assert math.isclose(res["bpd"], res["nll"] / (64 * math.log(2)), rel_tol=1e-9)
+    assert main(["sample", str(out), "--n", "16", "--out", str(tmp_path / "d.npy")]) == 0
+    imgs = np.load(tmp_path / "d.npy")
+    assert imgs.shape == (16, 1, 8, 8) and imgs.dtype == np.uint8 and imgs.max() <= 16
+    assert main(["sample", str(out), "--n", "16", "--out", str(tmp_path / "d.png")]) == 0
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((4, 64), 0.5))
+    assert "must be integers" in _err(capsys, ["eval", str(out), "--data", str(bad)])
+    assert "unknown metric" in _err(capsys, ["eval", str(out), "--metrics", "ess"])
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files not found at {MNIST}")
+def test_mnist_tarflow_reads_local_files(tmp_path, capsys):
+    out = tmp_path / "mnist"
+    sets = f"data_dir={MNIST} download=false blocks=1 width=16 layers=1 head_dim=8 batch_size=16"
+    assert main(["train", "mnist-tarflow", "--steps", "5", "--out", str(out), "--quiet", "--set", sets]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["image_shape"] == [1, 28, 28] and cfg["levels"] == 256 and cfg["n_train"] == 60_000
+
+
+def test_mnist_missing_folder_is_a_clear_error(tmp_path, capsys):
+    sets = f"data_dir={tmp_path / 'nowhere'} download=false"
+    err = _err(capsys, ["train", "mnist-tarflow", "--steps", "1", "--out", str(tmp_path / "m"), "--set", sets])
+    assert "MNIST" in err and "nowhere" in err
+
+
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "gmm"
+    sets = "transforms=2 hidden=32 n_train=4000 n_test=2000 eval_samples=3000"
+    assert main(["train", "gmm40-bg", "--steps", "150", "--out", str(out), "--quiet", "--set", sets]) == 0
+    return out
+
+
+def test_gmm40_eval_reports_ess_logz_and_its_error(gmm_run, capsys):
+    assert main(["eval", str(gmm_run), "--metrics", "nll,ess,logz"]) == 0
+    res = _json(capsys)
+    assert set(res) == {"nll", "ess", "logz", "logz_error"}
+    assert 0 < res["ess"] <= 1
+    assert math.isclose(res["logz_error"], abs(res["logz"]), rel_tol=1e-9)  # GMM-40 is normalised: log Z = 0
+
+
+def _write(tmp_path, body):
+    f = tmp_path / "my_energy.py"
+    f.write_text("import torch\n" + body)
+    return f
+
+
+def test_user_energy_gives_exact_logz_for_a_gaussian(gmm_run, tmp_path, capsys):
+    f = _write(tmp_path, "def energy(x):\n    return 0.5 * (x / 10).square().sum(-1)\n")
+    # the GMM-40 flow as a proposal for N(0, 10^2 I): log Z = log(2 pi 100)
+    assert main(["eval", str(gmm_run), "--metrics", "logz", "--energy", f"{f}:energy", "--n", "4000"]) == 0
+    res = _json(capsys)
+    assert "logz_error" not in res and abs(res["logz"] - math.log(2 * math.pi * 100)) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "expect"),
+    [
+        ("no_such_module_xyz:energy", "could not import module"),
+        ("{f}:missing", "has no attribute"),
+        ("{f}:CONST", "not callable"),
+        ("{f}:wrong_shape", "must return one energy per point"),
+    ],
+)
+def test_user_energy_errors(gmm_run, tmp_path, capsys, spec, expect):
+    f = _write(tmp_path, "CONST = 3\ndef wrong_shape(x):\n    return x.square()\n")
+    err = _err(capsys, ["eval", str(gmm_run), "--metrics", "ess", "--energy", spec.format(f=f)])
+    assert expect in err
+
+
+def test_energy_flag_only_for_boltzmann_recipes(nsf_run, tmp_path, capsys):
+    f = _write(tmp_path, "def energy(x):\n    return x.square().sum(-1)\n")
+    assert "Boltzmann" in _err(capsys, ["eval", str(nsf_run), "--energy", f"{f}:energy"])
+
+
+def test_user_energy_recipe_trains_by_reverse_kl(tmp_path, capsys):
+    f = _write(tmp_path, "def energy(x):\n    return 0.5 * ((x - 3.0) / 0.5).square().sum(-1)\n")
+    out = tmp_path / "bg"
+    sets = "dim=2 transforms=2 hidden=16 eval_samples=2000 lr=5e-3"
+    argv = ["train", "bg", "--energy", f"{f}:energy", "--steps", "300", "--out", str(out), "--quiet"]
+    assert main([*argv, "--set", sets]) == 0
+    assert main(["eval", str(out), "--data", str(_save_ref(tmp_path)), "--metrics", "ess,logz"]) == 0
+    res = _json(capsys)
+    assert res["ess"] > 0.5 and abs(res["logz"] - math.log(2 * math.pi * 0.25)) < 0.1
+    assert "--set dim=" in _err(capsys, ["train", "bg", "--energy", f"{f}:energy", "--out", str(tmp_path / "x")])
+
+
+def _save_ref(tmp_path):
+    p = tmp_path / "ref.npy"
+    np.save(p, (3.0 + 0.5 * torch.randn(500, 2, generator=torch.Generator().manual_seed(0))).numpy())
+    return p
