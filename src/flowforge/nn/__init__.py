@@ -2,5 +2,6 @@
 
 from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.mlp import MLP
+from flowforge.nn.transformer import CausalTransformer, KVCache
 
-__all__ = ["MLP", "FourierTime"]
+__all__ = ["MLP", "FourierTime", "CausalTransformer", "KVCache"]

@@ -244,6 +244,7 @@ _IMAGE_COMMON: dict[str, Any] = {
     "grad_clip": 1.0,
     "ema_decay": 0.999,
     "threads": 0,
+    "device": "",
 }
 register(
     Recipe(

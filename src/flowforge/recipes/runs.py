@@ -68,6 +68,7 @@ def train_recipe(
         resume=resume,
         progress=progress,
         config=config,
+        device=config.get("device") or None,
         **{k: config[k] for k in TRAIN_KEYS if k in config},
     )
 
