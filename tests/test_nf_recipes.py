@@ -25,7 +25,17 @@ def _json(capsys):
 @pytest.fixture(scope="module")
 def nsf_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "nsf"
-    argv = ["train", "moons-nsf", "--steps", "300", "--out", str(out), "--quiet", "--set", "transforms=3 hidden=32"]
+    argv = [
+        "train",
+        "moons-nsf",
+        "--steps",
+        "300",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "transforms=3 hidden=32",
+    ]
     assert main(argv) == 0
     return out
 
@@ -83,7 +93,9 @@ def test_mnist_tarflow_reads_local_files(tmp_path, capsys):
 
 def test_mnist_missing_folder_is_a_clear_error(tmp_path, capsys):
     sets = f"data_dir={tmp_path / 'nowhere'} download=false"
-    err = _err(capsys, ["train", "mnist-tarflow", "--steps", "1", "--out", str(tmp_path / "m"), "--set", sets])
+    err = _err(
+        capsys, ["train", "mnist-tarflow", "--steps", "1", "--out", str(tmp_path / "m"), "--set", sets]
+    )
     assert "MNIST" in err and "nowhere" in err
 
 
@@ -146,7 +158,9 @@ def test_user_energy_recipe_trains_by_reverse_kl(tmp_path, capsys):
     assert main(["eval", str(out), "--data", str(_save_ref(tmp_path)), "--metrics", "ess,logz"]) == 0
     res = _json(capsys)
     assert res["ess"] > 0.5 and abs(res["logz"] - math.log(2 * math.pi * 0.25)) < 0.1
-    assert "--set dim=" in _err(capsys, ["train", "bg", "--energy", f"{f}:energy", "--out", str(tmp_path / "x")])
+    assert "--set dim=" in _err(
+        capsys, ["train", "bg", "--energy", f"{f}:energy", "--out", str(tmp_path / "x")]
+    )
 
 
 def _save_ref(tmp_path):

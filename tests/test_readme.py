@@ -22,3 +22,21 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch):
     assert namespace["samples"].shape == (10_000, 2)
     assert namespace["logp"].shape == (256,)
     assert (tmp_path / "run" / "config.json").is_file()
+
+
+def test_readme_normalizing_tour_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2, "the README must keep its normalizing-flow tour"
+    code = (
+        blocks[1]
+        .replace("steps=3_000", "steps=40")
+        .replace('"runs/moons-nsf"', repr(str(tmp_path / "nsf")))
+        .replace("importance_sample(proposal, target, 10_000", "importance_sample(proposal, target, 2_000")
+        .replace("smc(proposal, target, 2_000, steps=50", "smc(proposal, target, 300, steps=10")
+    )
+    assert code.count("steps=40") == 2 and "steps=10" in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert namespace["imgs"].shape == (16, 1, 8, 8)
+    assert 0 < namespace["w"].ess <= 1 and namespace["nll"] == namespace["nll"]

@@ -3,7 +3,16 @@
 Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only.
 """
 
+from flowforge.data.aldp import AlanineDipeptide, AlanineDipeptideInternal, InternalCoordinates
 from flowforge.data.arrays import SUPPORTED_EXTENSIONS, Standardizer, check_finite, load_array
+from flowforge.data.energies import (
+    GMM40,
+    DoubleWell4,
+    Energy,
+    LennardJones13,
+    ManyWell,
+    user_energy,
+)
 from flowforge.data.images import (
     ImageSet,
     dequantization_log_det,
@@ -15,6 +24,15 @@ from flowforge.data.images import (
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 
 __all__ = [
+    "GMM40",
+    "DoubleWell4",
+    "Energy",
+    "LennardJones13",
+    "ManyWell",
+    "user_energy",
+    "AlanineDipeptide",
+    "AlanineDipeptideInternal",
+    "InternalCoordinates",
     "SUPPORTED_EXTENSIONS",
     "TOY2D_NAMES",
     "ImageSet",

@@ -1,4 +1,4 @@
-"""Sample-quality metrics between point clouds ``x: (N, D)`` and ``y: (M, D)``.
+"""Sample-quality metrics between point clouds ``x: (N, D)`` and ``y: (M, D)``; likelihoods; ESS and log Z.
 
 Every metric returns a Python ``float``, computed in float64 without gradients. The one exception is
 :func:`sliced_wasserstein_loss`, a differentiable 0-dim tensor estimate of ``SW_p^p`` meant as a loss.
@@ -7,6 +7,7 @@ Layer: ``metrics`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`
 lazily by :func:`wasserstein2`.
 """
 
+from flowforge.metrics.boltzmann import boltzmann_metrics, energy_w2, ess, log_z_error, wasserstein_1d
 from flowforge.metrics.kernels import energy_distance, mmd
 from flowforge.metrics.likelihood import bits_per_dim, nll
 from flowforge.metrics.ot import wasserstein2
@@ -14,6 +15,11 @@ from flowforge.metrics.sliced import sliced_wasserstein, sliced_wasserstein_loss
 
 __all__ = [
     "bits_per_dim",
+    "boltzmann_metrics",
+    "energy_w2",
+    "ess",
+    "log_z_error",
+    "wasserstein_1d",
     "energy_distance",
     "mmd",
     "nll",

@@ -2,19 +2,36 @@
 
 from flowforge.normalizing import bijections
 from flowforge.normalizing.bijections import MAF, NSF, RealNVP
-from flowforge.normalizing.flow import Bijection, Compose, Flow, StandardNormal, split_batch
+from flowforge.normalizing.boltzmann import (
+    ImportanceSamples,
+    ReverseKL,
+    SelfImprovement,
+    SMCResult,
+    effective_sample_size,
+    importance_sample,
+    smc,
+)
+from flowforge.normalizing.flow import Affine, Bijection, Compose, Flow, StandardNormal, split_batch
 from flowforge.normalizing.tarflow import TARFlow, TARFlowBlock
 
 __all__ = [
+    "Affine",
     "Bijection",
     "Compose",
     "Flow",
+    "ImportanceSamples",
     "MAF",
     "NSF",
     "RealNVP",
+    "ReverseKL",
+    "SMCResult",
+    "SelfImprovement",
     "StandardNormal",
     "TARFlow",
     "TARFlowBlock",
     "bijections",
+    "effective_sample_size",
+    "importance_sample",
+    "smc",
     "split_batch",
 ]

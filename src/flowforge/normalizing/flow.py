@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "StandardNormal", "Flow", "split_batch"]
+__all__ = ["Bijection", "Compose", "Affine", "StandardNormal", "Flow", "split_batch"]
 
 
 @runtime_checkable
@@ -58,6 +58,35 @@ class Compose(nn.Module):
             z, l = b.inverse(z, **cond)
             ladj = ladj + l
         return z, ladj
+
+
+class Affine(nn.Module):
+    """A fixed elementwise affine map ``z = (x - loc) / scale`` (e.g. a standardisation), not trained.
+
+    Put it first in a flow trained on standardised data to get a flow in data units.
+
+    Example:
+        >>> a = Affine(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
+        >>> z, ladj = a(torch.tensor([[3.0, 6.0]]))
+        >>> z, round(float(ladj), 4), round(-math.log(8.0), 4)
+        (tensor([[1., 1.]]), -2.0794, -2.0794)
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor) -> None:
+        super().__init__()
+        loc, scale = torch.as_tensor(loc, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
+        if loc.shape != scale.shape or not bool((scale > 0).all()):
+            raise ValueError("Affine needs loc and scale of the same shape with scale > 0 everywhere")
+        self.register_buffer("loc", loc)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = -self.scale.log().sum().to(x.dtype).expand(x.shape[0])
+        return (x - self.loc) / self.scale, ladj
+
+    def inverse(self, z: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = self.scale.log().sum().to(z.dtype).expand(z.shape[0])
+        return z * self.scale + self.loc, ladj
 
 
 class StandardNormal(nn.Module):

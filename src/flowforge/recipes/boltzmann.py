@@ -4,7 +4,8 @@
 ``energy=module:function``). ``objective`` picks the training signal:
 
 - ``ml``: maximum likelihood on reference samples (exact samplers for GMM-40 and many-well, our cached
-  MCMC runs for DW-4 / LJ-13, our cached MD for alanine dipeptide);
+  MCMC runs for DW-4 / LJ-13, our cached MD for alanine dipeptide, modelled in internal coordinates:
+  ``flowforge.data.aldp.AlanineDipeptideInternal``);
 - ``kl``: the reverse KL ``E_q[log q + E]`` (needs no samples; mode-seeking);
 - ``self-improve``: Prose's importance-weighted self-improvement, starting from the weights of the run
   folder ``init_from``.
@@ -67,10 +68,11 @@ class ComGaussian(Energy):
 
 
 def _aldp(config: dict[str, Any]) -> Energy:
-    from flowforge.data.aldp import AlanineDipeptide
+    """Alanine dipeptide over 60 internal coordinates (frame + Z-matrix; Cartesian gave ESS ≈ 0)."""
+    from flowforge.data.aldp import AlanineDipeptideInternal
 
     path = config["data_dir"] or None
-    return ComGaussian(AlanineDipeptide(path, platform=config["platform"]), 22, 3)
+    return AlanineDipeptideInternal(path, platform=config["platform"])
 
 
 #: Energies known by name; anything with a ``:`` is loaded with :func:`user_energy`.
@@ -293,14 +295,19 @@ _BG = {
         {"energy": "lj13", "flow": "tarflow", "token_dim": 3},
     ),
     "aldp-bg": (
-        "alanine dipeptide in vacuum (OpenMM, Amber; pip install 'flowforge[aldp]'), MD reference",
+        "alanine dipeptide in vacuum, 60 internal coordinates (OpenMM, Amber; pip install 'flowforge[aldp]'), MD reference",
         {
+            # 60 internal coordinates (AlanineDipeptideInternal); RealNVP 8 x (64, 64) was the best of
+            # benchmarks/aldp_is.py (ESS/N 8.5 %); its MD runs (50k / 20k frames, stride 100) share the cache
             "energy": "aldp",
-            "flow": "nsf-coupling",
+            "flow": "realnvp",
             "transforms": 8,
-            "hidden": 256,
-            "n_train": 20_000,
-            "n_test": 5_000,
+            "hidden": 64,
+            "hidden_layers": 2,
+            "n_train": 50_000,
+            "n_test": 20_000,
+            "steps": 4000,
+            "eval_samples": 50_000,
         },
     ),
 }

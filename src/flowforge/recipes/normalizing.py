@@ -243,7 +243,7 @@ _IMAGE_COMMON: dict[str, Any] = {
     "warmup": 200,
     "grad_clip": 1.0,
     "ema_decay": 0.999,
-    "threads": 0,
+    "threads": 1,
     "device": "",
 }
 register(
