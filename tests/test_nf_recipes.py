@@ -144,9 +144,19 @@ def test_user_energy_errors(gmm_run, tmp_path, capsys, spec, expect):
     assert expect in err
 
 
-def test_energy_flag_only_for_boltzmann_recipes(nsf_run, tmp_path, capsys):
-    f = _write(tmp_path, "def energy(x):\n    return x.square().sum(-1)\n")
-    assert "Boltzmann" in _err(capsys, ["eval", str(nsf_run), "--energy", f"{f}:energy"])
+def test_any_flow_weighted_towards_a_user_energy(nsf_run, tmp_path, capsys):
+    # the moons flow as a proposal for a broad Gaussian in data units (log Z = log(2 pi 4))
+    f = _write(tmp_path, "def energy(x):\n    return 0.5 * (x / 2).square().sum(-1)\n")
+    assert "add --energy" in _err(capsys, ["eval", str(nsf_run), "--metrics", "ess"])
+    argv = ["eval", str(nsf_run), "--metrics", "ess,logz,bpd", "--energy", f"{f}:energy", "--n", "20000"]
+    assert main(argv) == 0
+    res = _json(capsys)
+    assert set(res) == {"ess", "logz", "bpd", "nll"} and 0 < res["ess"] < 0.5
+    # the flow only covers the moons, so log Z is underestimated (Jensen, and the mass it misses)
+    assert math.isfinite(res["logz"]) and res["logz"] < math.log(8 * math.pi)
+    assert math.isclose(res["bpd"], res["nll"] / (2 * math.log(2)))
+    assert main(["eval", str(nsf_run)]) == 0  # default metrics: no energy needed
+    assert "ess" not in _json(capsys)
 
 
 def test_user_energy_recipe_trains_by_reverse_kl(tmp_path, capsys):
@@ -167,3 +177,18 @@ def _save_ref(tmp_path):
     p = tmp_path / "ref.npy"
     np.save(p, (3.0 + 0.5 * torch.randn(500, 2, generator=torch.Generator().manual_seed(0))).numpy())
     return p
+
+
+def test_dw4_bg_mcmc_reference_is_cached_and_self_improvement_resumes_from_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLOWFORGE_CACHE", str(tmp_path / "cache"))
+    out, si = tmp_path / "dw4", tmp_path / "si"
+    sets = "n_train=1000 n_test=500 eval_samples=1000 transforms=2 hidden=16"
+    assert main(["train", "dw4-bg", "--steps", "50", "--out", str(out), "--quiet", "--set", sets]) == 0
+    assert list((tmp_path / "cache" / "reference").glob("DoubleWell4-*.npy")), "reference samples are cached"
+    si_sets = f"{sets} objective=self-improve init_from={out} buffer_size=500 refresh_every=2"
+    assert main(["train", "dw4-bg", "--steps", "4", "--out", str(si), "--quiet", "--set", si_sets]) == 0
+    assert main(["eval", str(si), "--metrics", "ess,logz"]) == 0
+    res = _json(capsys)
+    assert 0 < res["ess"] <= 1 and math.isfinite(res["logz"])
+    err = _err(capsys, ["train", "dw4-bg", "--out", str(tmp_path / "x"), "--set", "objective=self-improve"])
+    assert "init_from=RUN_DIR" in err

@@ -222,7 +222,7 @@ def boltzmann_evaluate(
     out: dict[str, float] = {}
     if x.dim() != 2 or x.shape[1] != gen.dim:
         raise ValueError(f"data has shape {tuple(x.shape)} but the run was trained on (N, {gen.dim})")
-    if "nll" in metrics:
+    if "nll" in metrics or "bpd" in metrics:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             out["nll"] = nll(gen, x[torch.randperm(len(x), generator=g)[:nll_points]].float())
@@ -292,7 +292,7 @@ _BG = {
     ),
     "lj13-bg": (
         "LJ-13: 13 Lennard-Jones particles in 3-D (unique pairs), MCMC reference",
-        {"energy": "lj13", "flow": "tarflow", "token_dim": 3},
+        {"energy": "lj13", "flow": "tarflow", "token_dim": 3, "n_train": 10_000, "n_test": 5_000},
     ),
     "aldp-bg": (
         "alanine dipeptide in vacuum, 60 internal coordinates (OpenMM, Amber; pip install 'flowforge[aldp]'), MD reference",
@@ -326,6 +326,6 @@ for _name, (_summary, _over) in _BG.items():
             kind="boltzmann",
             reference=boltzmann_reference,
             evaluate=boltzmann_evaluate,
-            metrics=("ess", "logz", "nll"),
+            metrics=("ess", "logz", "nll", "bpd"),
         )
     )

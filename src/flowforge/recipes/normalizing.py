@@ -93,7 +93,7 @@ register(
         data=flow_data,
         kind="normalizing",
         reference=toy_reference,
-        metrics=("nll", "swd", "w2", "mmd", "energy"),
+        metrics=("nll", "bpd", "swd", "w2", "mmd", "energy", "ess", "logz"),
     )
 )
 register(
@@ -113,7 +113,7 @@ register(
         data=flow_data,
         kind="normalizing",
         reference=toy_reference,
-        metrics=("nll", "swd", "w2", "mmd", "energy"),
+        metrics=("nll", "bpd", "swd", "w2", "mmd", "energy", "ess", "logz"),
     )
 )
 

@@ -178,8 +178,12 @@ def evaluate(
         )
     if not metrics:
         raise ValueError(f"no metrics asked for; write e.g. --metrics {','.join(valid)}")
-    if energy is not None and recipe.kind != "boltzmann":
-        raise ValueError(f"--energy applies to Boltzmann-generator recipes (*-bg), not {recipe.name!r}")
+    if energy is not None and recipe.kind not in ("boltzmann", "normalizing"):
+        raise ValueError(
+            f"--energy applies to normalizing-flow and Boltzmann-generator recipes, not {recipe.name!r}"
+        )
+    if {"ess", "logz"} & set(metrics) and recipe.kind == "normalizing" and energy is None:
+        raise ValueError("ess and logz weight the flow towards an energy: add --energy module:function")
     if data is None:
         if recipe.reference is None:
             raise ValueError(f"recipe {recipe.name!r} has no held-out data of its own; pass --data FILE")
@@ -204,6 +208,20 @@ def evaluate(
         out = _evaluate_samples(
             run_dir, config, x.float(), metrics, n_samples, seed, solver, steps, qmc, nll_points, w2_points
         )
+        if {"ess", "logz"} & set(metrics):
+            from flowforge.data.energies import user_energy
+            from flowforge.metrics import boltzmann_metrics
+
+            gen = generator(run_dir)
+            m = boltzmann_metrics(
+                gen,
+                user_energy(energy, dim=gen.dim),
+                n_samples or 20_000,
+                torch.Generator().manual_seed(seed),
+            )
+            out.update({k: m[k] for k in ("ess", "logz") if k in metrics})
+    if "bpd" in metrics and "bpd" not in out:
+        out["bpd"] = out["nll"] / (int(config["dim"]) * math.log(2))
     return {k: (float(v) if math.isfinite(float(v)) else float("nan")) for k, v in out.items()}
 
 
@@ -225,7 +243,7 @@ def _evaluate_samples(
         raise ValueError(f"data has shape {tuple(x.shape)} but the run was trained on (N, {gen.dim})")
     g = torch.Generator().manual_seed(seed)
     out: dict[str, float] = {}
-    sample_metrics = [m for m in metrics if m != "nll"]
+    sample_metrics = [m for m in metrics if m in ("swd", "w2", "mmd", "energy")]
     if sample_metrics:
         n = n_samples or min(len(x), 10_000)
         y = gen.sample(
@@ -246,7 +264,7 @@ def _evaluate_samples(
             out["mmd"] = mmd(y[:5000], x[:5000])
         if "energy" in metrics:
             out["energy"] = energy_distance(y[:5000], x[:5000])
-    if "nll" in metrics:
+    if "nll" in metrics or "bpd" in metrics:
         pts = x[torch.randperm(len(x), generator=g)[:nll_points]]
         out["nll"] = nll(gen, pts)
     return out
