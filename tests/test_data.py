@@ -16,15 +16,6 @@ from flowforge.data import TOY2D_NAMES, Standardizer, check_finite, load_array, 
 from flowforge.metrics import sliced_wasserstein
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors: one thread avoids OpenMP spin-waits when the machine's cores are shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("module", ["flowforge.data.toy2d", "flowforge.data.arrays"])
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

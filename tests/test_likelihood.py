@@ -31,14 +31,6 @@ DT = torch.float64
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussian_velocity(m: torch.Tensor, s: torch.Tensor | float):
     """Exact marginal velocity of the cosine path from N(0, I) to N(m, s^2 I); m broadcasts over event."""
 

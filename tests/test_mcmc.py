@@ -20,15 +20,6 @@ from flowforge.core.mcmc import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors: one thread avoids OpenMP spin-waits when the machine's cores are shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gauss_energy(mu, cov):
     prec = torch.linalg.inv(cov)
 

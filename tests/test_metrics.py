@@ -16,15 +16,6 @@ kernels_mod = importlib.import_module("flowforge.metrics.kernels")
 sliced_mod = importlib.import_module("flowforge.metrics.sliced")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors: one thread avoids OpenMP spin-waits when the machine's cores are shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -40,14 +40,6 @@ M = torch.tensor([1.0, -2.0], dtype=DT)
 S = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def schedule(t: torch.Tensor, s: float = S):
     a = torch.sin(math.pi * t / 2)
     sg = torch.cos(math.pi * t / 2)

@@ -26,9 +26,8 @@ from torch import Tensor, nn
 from flowforge.data import Standardizer
 from flowforge.data.energies import GMM40, DoubleWell4, Energy, LennardJones13, ManyWell, user_energy
 from flowforge.metrics.boltzmann import boltzmann_metrics
-from flowforge.normalizing import TARFlow
 from flowforge.normalizing.boltzmann import ReverseKL, SelfImprovement
-from flowforge.recipes.normalizing import FLOWS
+from flowforge.recipes.normalizing import build_density_flow
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = [
@@ -110,31 +109,9 @@ class _StandardisedEnergy(nn.Module):
         return self.energy(x.to(torch.get_default_dtype()) if x.dtype != z.dtype else x).to(z.dtype)
 
 
-def _flow(config: dict[str, Any]) -> nn.Module:
-    dim, name = int(config["dim"]), config["flow"]
-    if name == "tarflow":
-        return TARFlow(
-            dim=dim,
-            token_dim=config["token_dim"],
-            blocks=config["blocks"],
-            width=config["width"],
-            layers=config["layers"],
-            head_dim=config["head_dim"],
-            sos=True,
-            noise_std=0.0,
-        )
-    if name not in FLOWS:
-        raise ValueError(f"unknown flow {name!r}; choose one of tarflow, {', '.join(FLOWS)}")
-    hidden = (config["hidden"],) * config["hidden_layers"]
-    kwargs: dict[str, Any] = {"transforms": config["transforms"], "hidden": hidden}
-    if name.startswith("nsf"):
-        kwargs.update(bins=config["bins"], bound=config["bound"])
-    return FLOWS[name](dim, **kwargs)
-
-
 def build_boltzmann(config: dict[str, Any]) -> nn.Module:
     """The flow, wrapped in its training objective (``ml``: the flow itself)."""
-    flow = _flow(config)
+    flow = build_density_flow(config)
     objective = config["objective"]
     if objective == "ml":
         return flow

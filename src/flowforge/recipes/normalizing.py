@@ -60,11 +60,12 @@ def build_density_flow(config: dict[str, Any]) -> nn.Module:
     if name == "tarflow":
         return TARFlow(
             dim=dim,
+            token_dim=config.get("token_dim", 1),
             blocks=config["blocks"],
             width=config["width"],
             layers=config["layers"],
             head_dim=config["head_dim"],
-            sos=config["sos"],
+            sos=config.get("sos", True),
             noise_std=0.0,
         )
     if name not in FLOWS:
