@@ -145,6 +145,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--random-scale", type=float, default=0.05)
     p.add_argument("--retrain", action="store_true")
+    p.add_argument(
+        "--graph",
+        action="store_true",
+        help="also time Jacobi as one fixed-shape step per block replayed as a CUDA graph (eager on CPU)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -188,6 +193,19 @@ def main() -> None:
                     "iters": sum(it) / len(it), "calls": st["transformer_calls"], "tokens": st["tokens"],
                 })  # fmt: skip
                 show(rows[-1])
+        for tol in (float(t) for t in args.tols.split(",")) if args.graph else ():
+            with torch.no_grad():
+                out, t, st = timed(
+                    flow, batch, args, device, method="jacobi", jacobi_tol=tol, jacobi_max_iter=args.max_iter,
+                    cuda_graph=True,
+                )  # fmt: skip
+            it = st["jacobi_iters"]
+            rows.append({
+                "batch": batch, "method": "jacobi+graph", "chunk": "all", "tol": tol, "ms": 1e3 * t,
+                "speedup": t_seq / t, "max_diff": (out.float() - ref.float()).abs().max().item(),
+                "iters": sum(it) / len(it), "calls": st["transformer_calls"], "tokens": st["tokens"],
+            })  # fmt: skip
+            show(rows[-1])
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "info": info, "rows": rows},
                                         indent=2, default=str))  # fmt: skip

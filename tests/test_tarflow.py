@@ -208,6 +208,24 @@ def test_jacobi_equals_sequential_64_tokens(dtype, atol):
     assert (approx - seq).abs().max() < 0.1
 
 
+@pytest.mark.parametrize("sos", [False, True])
+def test_fixed_shape_jacobi_step_equals_sequential(sos):
+    # the CUDA-graph variant (one full causal pass per iteration) runs eagerly on a CPU: same fixed point
+    torch.manual_seed(1)
+    flow = randomize(
+        TARFlow(image_shape=(1, 8, 8), patch=1, blocks=2, width=32, layers=1, head_dim=16, sos=sos), 0.05
+    )
+    flow = flow.to(F64).eval()
+    seq = flow.sample(3, generator=torch.Generator().manual_seed(2), denoise=False)
+    stats: dict = {}
+    jac = flow.sample(
+        3, generator=torch.Generator().manual_seed(2), denoise=False, method="jacobi", jacobi_tol=1e-28,
+        jacobi_max_iter=64, cuda_graph=True, stats=stats,
+    )  # fmt: skip
+    assert (seq - jac).abs().max() <= 1e-10
+    assert len(stats["jacobi_iters"]) == 2 and max(stats["jacobi_iters"]) <= 64
+
+
 def test_jacobi_sos_guided_and_differentiable():
     flow = vector_flow(dim=12, token_dim=1, num_classes=2, **VARIANTS["starflow"])
     y = torch.tensor([0, 1, 1])

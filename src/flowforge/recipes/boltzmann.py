@@ -268,8 +268,8 @@ _BG = {
         {"energy": "dw4", "flow": "nsf-coupling"},
     ),
     "lj13-bg": (
-        "LJ-13: 13 Lennard-Jones particles in 3-D (unique pairs), MCMC reference",
-        {"energy": "lj13", "flow": "tarflow", "token_dim": 3, "n_train": 10_000, "n_test": 5_000},
+        "LJ-13: 13 Lennard-Jones particles in 3-D (unique pairs), MCMC reference (flow=tarflow: atom tokens)",
+        {"energy": "lj13", "flow": "nsf-coupling", "token_dim": 3, "n_train": 10_000, "n_test": 5_000},
     ),
     "aldp-bg": (
         "alanine dipeptide in vacuum, 60 internal coordinates (OpenMM, Amber; pip install 'flowforge[aldp]'), MD reference",
