@@ -82,6 +82,30 @@ def test_digits_tarflow_bpd_and_image_samples(tmp_path, capsys):
     assert "unknown metric" in _err(capsys, ["eval", str(out), "--metrics", "ess"])
 
 
+def test_conditional_digits_sampled_by_label_with_jacobi_and_guidance(tmp_path, capsys):
+    out = tmp_path / "cdigits"
+    sets = "blocks=2 width=16 layers=1 head_dim=8 batch_size=32 conditional=true"
+    assert (
+        main(["train", "digits-tarflow", "--steps", "20", "--out", str(out), "--quiet", "--set", sets]) == 0
+    )
+    seq, jac = tmp_path / "seq.npy", tmp_path / "jac.npy"
+    base = ["sample", str(out), "--n", "8", "--label", "3", "--guidance", "1.5"]
+    assert main([*base, "--out", str(seq)]) == 0
+    assert main([*base, "--method", "jacobi", "--out", str(jac)]) == 0
+    a, b = np.load(seq), np.load(jac)
+    assert (
+        a.shape == (8, 1, 8, 8) and (a.astype(int) - b.astype(int)).__abs__().max() <= 1
+    )  # same up to rounding
+    assert "--label must be" in _err(capsys, [*base[:4], "--label", "12", "--out", str(seq)])
+
+
+def test_label_needs_a_conditional_tarflow(nsf_run, tmp_path, capsys):
+    err = _err(
+        capsys, ["sample", str(nsf_run), "--n", "4", "--method", "jacobi", "--out", str(tmp_path / "x.npy")]
+    )
+    assert "TARFlow runs" in err
+
+
 @pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files not found at {MNIST}")
 def test_mnist_tarflow_reads_local_files(tmp_path, capsys):
     out = tmp_path / "mnist"

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--qmc", action=argparse.BooleanOptionalAction, help="quasi-random source noise (default: recipe's)"
     )
     s.add_argument("--out", required=True, help="FILE.npy (samples) or FILE.png (a scatter plot)")
+    s.add_argument(
+        "--method", choices=["sequential", "jacobi"], help="TARFlow runs: token by token or parallel Jacobi"
+    )
+    s.add_argument("--guidance", type=float, help="TARFlow runs: classifier-free guidance weight (0: none)")
+    s.add_argument("--label", type=int, help="class-conditional runs: draw every sample of this class")
 
     e = sub.add_parser("eval", help="compare a run's samples (and likelihood) with data; prints JSON")
     e.add_argument("run")
@@ -168,7 +173,25 @@ def _sample(a: argparse.Namespace) -> int:
     solver = a.solver or config.get("solver", "heun")
     steps = a.steps or config.get("sample_steps", 25)
     qmc = config.get("qmc", False) if a.qmc is None else a.qmc
-    x = gen.sample(a.n, generator=torch.Generator().manual_seed(a.seed), solver=solver, steps=steps, qmc=qmc)
+    extra: dict = {}
+    if a.method is not None or a.guidance is not None or a.label is not None:
+        if config.get("flow", "tarflow" if config.get("levels") else None) != "tarflow":
+            raise ValueError(
+                "--method, --guidance and --label apply to TARFlow runs (moons-tarflow, *-tarflow)"
+            )
+        if a.method is not None:
+            extra["method"] = a.method
+        if a.guidance is not None:
+            extra["guidance"] = a.guidance
+        if a.label is not None:
+            if not config.get("conditional"):
+                raise ValueError("--label needs a class-conditional run: train with --set conditional=true")
+            if not 0 <= a.label < 10:
+                raise ValueError(f"--label must be a class in 0..9, got {a.label}")
+            extra["cond"] = {"y": torch.full((a.n,), a.label, dtype=torch.long)}
+    x = gen.sample(
+        a.n, generator=torch.Generator().manual_seed(a.seed), solver=solver, steps=steps, qmc=qmc, **extra
+    )
     arr = x.detach().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
