@@ -192,6 +192,9 @@ def test_user_energy_recipe_trains_by_reverse_kl(tmp_path, capsys):
     assert main(["eval", str(out), "--data", str(_save_ref(tmp_path)), "--metrics", "ess,logz"]) == 0
     res = _json(capsys)
     assert res["ess"] > 0.5 and abs(res["logz"] - math.log(2 * math.pi * 0.25)) < 0.1
+    assert main(["eval", str(out), "--metrics", "ess,logz"]) == 0  # weights need no held-out data
+    assert set(_json(capsys)) == {"ess", "logz"}
+    assert "--data FILE" in _err(capsys, ["eval", str(out)])  # nll needs samples; this energy has none
     assert "--set dim=" in _err(
         capsys, ["train", "bg", "--energy", f"{f}:energy", "--out", str(tmp_path / "x")]
     )

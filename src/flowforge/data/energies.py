@@ -186,7 +186,13 @@ class Energy(nn.Module):
         if self.has_exact_sampler:
             return self.sample(n, generator=gen).float()
         s = self.reference_settings()
-        unknown = set(settings) - set(s)
+        if not s and not settings:
+            raise ValueError(
+                f"{type(self).__name__} has no exact sampler and no reference-MCMC settings; pass held-out "
+                "samples (flowforge eval --data FILE), or give settings: chains, betas, burn_in, thin, "
+                "step_size, mala_steps"
+            )
+        unknown = set(settings) - set(s) if s else set()
         if unknown:
             raise ValueError(f"unknown reference settings {sorted(unknown)}; known: {sorted(s)}")
         s.update(settings)

@@ -231,6 +231,7 @@ def importance_sample(
         raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     if not 0.0 <= quantile_filter < 1.0:
         raise ValueError(f"quantile_filter is a fraction in [0, 1), got {quantile_filter}")
+    _check_generator(generator, flow)
     xs, lqs, es = [], [], []
     with _eval_mode(flow):
         for start in range(0, n, batch_size):
@@ -381,6 +382,7 @@ def smc(
 
     with _eval_mode(flow):
         with torch.no_grad():
+            _check_generator(generator, flow)
             x, _ = flow.sample_and_log_prob(n, generator=generator)
         x = x.detach()
         e0, e1, g0, g1 = components(x)
@@ -452,6 +454,16 @@ def _request(batch: Any) -> tuple[int, torch.Generator | None, torch.device | No
         f"this objective draws its own samples: train it with data=None (the trainer then passes a "
         f"BatchRequest(size, generator, device)) or call loss(batch_size); got a {type(batch).__name__}"
     )
+
+
+def _check_generator(gen: torch.Generator | None, flow: Any) -> None:
+    """A clear error instead of torch's when the caller's generator lives on another device than the flow."""
+    p = next(iter(flow.parameters()), None) if isinstance(flow, nn.Module) else None
+    if gen is not None and p is not None and gen.device.type != p.device.type:
+        raise ValueError(
+            f"the generator is on {gen.device.type} but the flow is on {p.device.type}; pass "
+            f"torch.Generator(device='{p.device}').manual_seed(...)"
+        )
 
 
 def _usable_generator(gen: torch.Generator | None, flow: nn.Module) -> torch.Generator | None:

@@ -213,7 +213,11 @@ def _as_images(x: Tensor, config: dict[str, Any]) -> Tensor:
 def image_evaluate(
     run_dir: Path, config: dict[str, Any], x: Tensor, metrics: list[str], *, seed: int = 0, **_: Any
 ) -> dict[str, float]:
-    """``nll`` (nats per image, dequantised bound) and ``bpd`` of integer images under a run."""
+    """``nll`` (nats per image, dequantised bound) and ``bpd`` of integer images under a run.
+
+    A class-conditional run is scored with the null label, i.e. as the unconditional model that its
+    label dropout trains (``p(x)``, comparable with unconditional runs), not as ``p(x | y)``.
+    """
     from flowforge.recipes.runs import load_run
 
     flow, config = load_run(run_dir)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -184,12 +185,17 @@ def evaluate(
         )
     if {"ess", "logz"} & set(metrics) and recipe.kind == "normalizing" and energy is None:
         raise ValueError("ess and logz weight the flow towards an energy: add --energy module:function")
-    if data is None:
+    needs_data = recipe.kind != "boltzmann" or bool(set(metrics) - {"ess", "logz"})
+    if data is None and not needs_data:  # importance weights need only the energy
+        x = torch.empty(0, int(config["dim"]))
+    elif data is None:
         if recipe.reference is None:
             raise ValueError(f"recipe {recipe.name!r} has no held-out data of its own; pass --data FILE")
         x = recipe.reference(config, n_samples or 10_000, seed + 1)
     elif isinstance(data, Tensor):
         x = data
+    elif recipe.kind == "image" and str(data).endswith(".npy"):  # (N, C, H, W) as `flowforge sample` writes
+        x = torch.from_numpy(np.load(data, allow_pickle=False))
     else:
         x = load_array(data)
         check_finite(x, what=str(data))
@@ -264,7 +270,7 @@ def _evaluate_samples(
             out["mmd"] = mmd(y[:5000], x[:5000])
         if "energy" in metrics:
             out["energy"] = energy_distance(y[:5000], x[:5000])
-    if "nll" in metrics or "bpd" in metrics:
-        pts = x[torch.randperm(len(x), generator=g)[:nll_points]]
+    if "nll" in metrics or "bpd" in metrics:  # its own generator: the same points whatever else is asked
+        pts = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:nll_points]]
         out["nll"] = nll(gen, pts)
     return out
