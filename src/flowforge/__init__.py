@@ -26,6 +26,7 @@ _MODULES = {
     "recipes": "flowforge.recipes",
     "continuous": "flowforge.continuous",
     "normalizing": "flowforge.normalizing",
+    "gflownet": "flowforge.gflownet",
     "energies": "flowforge.data.energies",
     "mcmc": "flowforge.core.mcmc",
     "couplings": "flowforge.core.couplings",

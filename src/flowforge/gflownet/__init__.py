@@ -1,0 +1,51 @@
+"""GFlowNets: amortized samplers of compositional objects from a reward (TB, DB, SubTB; hypergrid).
+
+Example:
+    >>> import torch
+    >>> from flowforge.gflownet import HyperGrid, TrajectoryBalance, exact_metrics
+    >>> env = HyperGrid(ndim=2, height=4)
+    >>> tb = TrajectoryBalance(env, width=16, depth=1)
+    >>> sorted(exact_metrics(tb, env))
+    ['jsd', 'l1_mean', 'l1_sum', 'logz_error']
+"""
+
+from flowforge.gflownet.envs import Environment, HyperGrid
+from flowforge.gflownet.exact import (
+    exact_flows,
+    exact_metrics,
+    jsd,
+    l1_mean,
+    l1_sum,
+    logz_error,
+    modes_found,
+    terminal_distribution,
+)
+from flowforge.gflownet.losses import (
+    DetailedBalance,
+    GFlowNet,
+    GFlowNetGenerator,
+    PolicyMLP,
+    SubTrajectoryBalance,
+    Trajectories,
+    TrajectoryBalance,
+)
+
+__all__ = [
+    "DetailedBalance",
+    "Environment",
+    "GFlowNet",
+    "GFlowNetGenerator",
+    "HyperGrid",
+    "PolicyMLP",
+    "SubTrajectoryBalance",
+    "Trajectories",
+    "TrajectoryBalance",
+    "exact_flows",
+    "exact_metrics",
+    "jsd",
+    "l1_mean",
+    "l1_sum",
+    "logz_error",
+    "modes_found",
+    "terminal_distribution",
+]
