@@ -44,6 +44,9 @@ from torch import Tensor, nn
 
 from flowforge.core.mcmc import parallel_tempering
 
+# numpy < 2 calls it trapz
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
 __all__ = [
     "DoubleWell4",
     "Energy",
@@ -322,10 +325,10 @@ class _DoubleWell1D:
         x = np.linspace(-8.0, 8.0, 160_001)
         lf = -(x**4) + 6 * x**2 + 0.5 * x
         f = np.exp(lf)
-        self.z = float(np.trapezoid(f, x))  # spectrally accurate: f is smooth and ~0 at the ends
+        self.z = float(_trapezoid(f, x))  # spectrally accurate: f is smooth and ~0 at the ends
         roots = np.roots([-4.0, 0.0, 12.0, 0.5]).real
         self.modes = (float(roots.max()), float(roots.min()))
-        self.w_plus = float(np.trapezoid(f * (x > 0), x) / self.z)
+        self.w_plus = float(_trapezoid(f * (x > 0), x) / self.z)
         self.width = 0.45
         lg = self._log_g(x)
         self.log_m = float(np.max(lf - lg)) + math.log(1.01)

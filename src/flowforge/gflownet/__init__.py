@@ -1,4 +1,5 @@
-"""GFlowNets: amortized samplers of compositional objects from a reward (TB, DB, SubTB; hypergrid).
+"""GFlowNets: amortized samplers of compositional objects from a reward (TB, DB, SubTB, FM, ZVar;
+replay buffers; hypergrid and bit sequences).
 
 Example:
     >>> import torch
@@ -9,7 +10,7 @@ Example:
     ['jsd', 'l1_mean', 'l1_sum', 'logz_error']
 """
 
-from flowforge.gflownet.envs import Environment, HyperGrid
+from flowforge.gflownet.envs import BitSequence, Environment, HyperGrid
 from flowforge.gflownet.exact import (
     exact_flows,
     exact_metrics,
@@ -22,21 +23,29 @@ from flowforge.gflownet.exact import (
 )
 from flowforge.gflownet.losses import (
     DetailedBalance,
+    FlowMatching,
     GFlowNet,
     GFlowNetGenerator,
+    LogPartitionVariance,
     PolicyMLP,
     SubTrajectoryBalance,
     Trajectories,
     TrajectoryBalance,
 )
+from flowforge.gflownet.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 __all__ = [
+    "BitSequence",
     "DetailedBalance",
     "Environment",
+    "FlowMatching",
     "GFlowNet",
     "GFlowNetGenerator",
     "HyperGrid",
+    "LogPartitionVariance",
     "PolicyMLP",
+    "PrioritizedReplayBuffer",
+    "ReplayBuffer",
     "SubTrajectoryBalance",
     "Trajectories",
     "TrajectoryBalance",

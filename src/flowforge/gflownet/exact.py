@@ -4,7 +4,8 @@ For a forward policy :math:`P_F`, the probability of reaching state :math:`s` ob
 :math:`\rho(s_0) = 1`, :math:`\rho(s') = \sum_{s \to s'} \rho(s) P_F(s'|s)`, and the terminal
 distribution is :math:`p(x) = \rho(x) P_F(\text{stop}|x)`. States are visited in topological order;
 for the hypergrid (and any environment whose moves raise the coordinate sum by one) that is the order
-of :math:`\sum_i x_i`. The target is :math:`\pi(x) = R(x)/Z`.
+of :math:`\sum_i x_i`; an environment may instead define ``level(states)`` (e.g.
+:class:`~flowforge.gflownet.BitSequence`, the number of written words). The target is :math:`\pi(x) = R(x)/Z`.
 
 Metrics follow torchgfn's ``env.validate`` names but are *exact* (no sampling noise):
 ``l1_sum`` :math:`\sum_x |p - \pi|` (torchgfn >= 2 convention), ``l1_mean`` (the mean over states of
@@ -47,7 +48,8 @@ def _levels(env: Any) -> tuple[Tensor, Tensor]:
     states = env.all_states()
     if not bool((env.state_index(states) == torch.arange(states.shape[0])).all()):
         raise ValueError("env.all_states() must be in env.state_index order")
-    return states, states.sum(dim=1)
+    level = env.level(states) if hasattr(env, "level") else states.sum(dim=1)
+    return states, level
 
 
 def _uniform_pb(env: Any) -> LogProbs:
@@ -66,8 +68,8 @@ def terminal_distribution(policy: Any, env: Any) -> Tensor:
     Args:
         policy: a :class:`~flowforge.gflownet.GFlowNet` (its ``forward_log_probs``) or a callable
             ``states (B, ndim) -> (B, n_actions)`` masked log-probabilities (``-inf`` = not allowed).
-        env: an enumerable environment (``all_states``, ``state_index``) whose moves raise the
-            coordinate sum by one.
+        env: an enumerable environment (``all_states``, ``state_index``) whose moves raise
+            ``env.level(states)`` by one (default level: the coordinate sum, as on the hypergrid).
 
     Returns:
         ``p`` in ``env.all_states()`` order; it sums to 1.

@@ -54,8 +54,10 @@ from flowforge.nn import MLP
 
 __all__ = [
     "DetailedBalance",
+    "FlowMatching",
     "GFlowNet",
     "GFlowNetGenerator",
+    "LogPartitionVariance",
     "PolicyMLP",
     "SubTrajectoryBalance",
     "Trajectories",
@@ -142,6 +144,13 @@ class GFlowNet(nn.Module):
         width, depth: size of the default networks.
         epsilon: uniform exploration rate used by :meth:`loss` when sampling.
         temperature: logit temperature used by :meth:`loss` when sampling.
+        replay_buffer: a :class:`~flowforge.gflownet.ReplayBuffer` (or prioritized one) of terminal
+            states; :meth:`loss` adds every on-policy terminal state to it.
+        replay_ratio: fraction :math:`\\rho \\in [0, 1)` of each batch drawn from the buffer: of a batch
+            of size ``n``, ``round(rho * n)`` trajectories are sampled *backwards* with :math:`P_B`
+            from buffered terminal states (:meth:`sample_backward`) and the rest on-policy; the loss
+            is the size-weighted mean of the objective on both parts (off-policy training, valid for
+            TB/DB/SubTB/ZVar since any full-support behaviour distribution is allowed).
     """
 
     def __init__(
@@ -155,8 +164,15 @@ class GFlowNet(nn.Module):
         depth: int = 2,
         epsilon: float = 0.0,
         temperature: float = 1.0,
+        replay_buffer: Any = None,
+        replay_ratio: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= replay_ratio < 1.0:
+            raise ValueError(f"replay_ratio must be in [0, 1); got {replay_ratio}")
+        if replay_ratio > 0 and replay_buffer is None:
+            raise ValueError("replay_ratio > 0 needs a replay_buffer (e.g. ReplayBuffer(capacity=1000))")
+        self.replay_buffer, self.replay_ratio = replay_buffer, float(replay_ratio)
         if uniform_pb and pb is not None:
             raise ValueError("pass either a pb network or uniform_pb=True, not both")
         self.env = env
@@ -179,11 +195,17 @@ class GFlowNet(nn.Module):
     def _obs(self, states: Tensor) -> Tensor:
         return self.env.obs(states).to(self._dtype)
 
+    def forward_logits(self, states: Tensor, mask: Tensor) -> Tensor:
+        """``(B, n_actions)`` unmasked forward logits (the ``pf`` network's output; subclasses such as
+        :class:`~flowforge.gflownet.FlowMatching` override it)."""
+        logits = _apply(self.pf, self._obs(states))
+        _check_out(logits, mask, "forward policy (pf)")
+        return logits
+
     def forward_log_probs(self, states: Tensor) -> Tensor:
         """``(B, n_actions)`` masked :math:`\\log P_F(\\cdot | s)` (``-inf`` where not allowed)."""
-        logits, mask = _apply(self.pf, self._obs(states)), self.env.forward_mask(states)
-        _check_out(logits, mask, "forward policy (pf)")
-        return _masked_log_softmax(logits, mask)
+        mask = self.env.forward_mask(states)
+        return _masked_log_softmax(self.forward_logits(states, mask), mask)
 
     def backward_log_probs(self, states: Tensor) -> Tensor:
         """``(B, n_actions - 1)`` masked :math:`\\log P_B(\\cdot | s')` (``-inf`` where not allowed)."""
@@ -216,8 +238,7 @@ class GFlowNet(nn.Module):
             if bool(done.all()):
                 break
             mask = env.forward_mask(states)
-            logits = _apply(self.pf, self._obs(states))
-            _check_out(logits, mask, "forward policy (pf)")
+            logits = self.forward_logits(states, mask)
             logp = _masked_log_softmax(logits, mask)
             with torch.no_grad():
                 probs = torch.softmax(logits.detach().masked_fill(~mask, float("-inf")) / temperature, dim=-1)
@@ -254,19 +275,106 @@ class GFlowNet(nn.Module):
             log_reward=env.log_reward(terminal, self._dtype),
         )
 
+    def trajectories_from_actions(self, states: Tensor, actions: Tensor) -> Trajectories:
+        """Build a :class:`Trajectories` (with fresh ``log_pf``/``log_pb``) from padded ``states``
+        ``(T + 1, B, ndim)`` and ``actions`` ``(T, B)`` (stop included, ``-1`` after it)."""
+        env = self.env
+        T, n = actions.shape
+        stop = env.n_actions - 1
+        valid = actions >= 0
+        move = valid & (actions != stop)
+        flat = states[:-1].reshape(T * n, -1)
+        lpf = self.forward_log_probs(flat).reshape(T, n, -1)
+        lpf = lpf.gather(2, actions.clamp(min=0)[..., None]).squeeze(2)
+        lpf = torch.where(valid, lpf, lpf.new_zeros(()))
+        lpb = self.backward_log_probs(states[1:].reshape(T * n, -1)).reshape(T, n, -1)
+        lpb = lpb.gather(2, actions.clamp(0, stop - 1)[..., None]).squeeze(2)
+        lpb = torch.where(move, lpb, lpb.new_zeros(()))
+        lengths = valid.sum(0)
+        terminal = states[lengths - 1, torch.arange(n, device=states.device)]
+        return Trajectories(
+            states=states,
+            actions=actions,
+            valid=valid,
+            lengths=lengths,
+            terminal=terminal,
+            log_pf=lpf,
+            log_pb=lpb,
+            log_reward=env.log_reward(terminal, self._dtype),
+        )
+
+    def sample_backward(self, terminal: Tensor, generator: torch.Generator | None = None) -> Trajectories:
+        """Trajectories ending at the given terminal states ``(B, ndim)``, drawn backwards with
+        :math:`P_B` from :math:`x` to :math:`s_0` and returned in forward order (then a stop).
+
+        :math:`\\log P_F` and :math:`\\log P_B` are recomputed along the path (with gradients), so
+        any objective can be evaluated on them (the replay / "backward sampling" of torchgfn's
+        ``TerminatingStateBuffer``).
+        """
+        env, dev = self.env, self._device
+        n = terminal.shape[0]
+        s = terminal.to(dev).long()
+        back, acts = [s], []
+        s0 = env.s0.to(dev)
+        at_s0 = (s == s0).all(1)
+        for _ in range(env.max_length):
+            if bool(at_s0.all()):
+                break
+            with torch.no_grad():
+                probs = self.backward_log_probs(s).exp()
+                probs = torch.where(at_s0[:, None], torch.ones_like(probs), probs)
+                gdev = generator.device if generator is not None else probs.device
+                a = torch.multinomial(probs.to(gdev), 1, generator=generator).squeeze(1).to(dev)
+            prev = s.clone()
+            if bool((~at_s0).any()):
+                prev[~at_s0] = env.backward_step(s[~at_s0], a[~at_s0])
+            acts.append(torch.where(at_s0, torch.full_like(a, -1), a))
+            s = prev
+            back.append(s)
+            at_s0 = (s == s0).all(1)
+        if not bool(at_s0.all()):
+            raise RuntimeError("backward sampling did not reach s0 within env.max_length steps")
+        K = len(acts)  # backward moves, padded
+        B = torch.stack(back)  # (K+1, n, ndim): B[k] = state after k backward moves
+        moves = (torch.stack(acts) >= 0).sum(0) if K else torch.zeros(n, dtype=torch.long, device=dev)
+        T = K + 1
+        t = torch.arange(T + 1, device=dev)[:, None]  # forward positions
+        src = (moves[None] - t).clamp(min=0)  # forward t <= moves  ->  back[moves - t]
+        ar = torch.arange(n, device=dev)[None].expand(T + 1, n)
+        states = B[src, ar]
+        actions = torch.full((T, n), -1, dtype=torch.long, device=dev)
+        if K:
+            A = torch.stack(acts)  # (K, n)
+            tt = torch.arange(T, device=dev)[:, None]
+            k = (moves[None] - 1 - tt).clamp(0, K - 1)
+            actions = torch.where(tt < moves[None], A[k, ar[:T]], actions)
+        actions = torch.where(torch.arange(T, device=dev)[:, None] == moves[None], env.n_actions - 1, actions)
+        return self.trajectories_from_actions(states, actions)
+
     def objective(self, tr: Trajectories) -> Tensor:  # pragma: no cover - abstract
         """Scalar loss on a batch of trajectories."""
         raise NotImplementedError
 
     def loss(self, batch: Any) -> Tensor:
         """The trainer's entry point: ``batch`` is a :class:`~flowforge.train.BatchRequest`
-        (``size``, ``generator``, ``device``; anything with those fields) or a :class:`Trajectories`."""
+        (``size``, ``generator``, ``device``; anything with those fields) or a :class:`Trajectories`.
+
+        With a ``replay_buffer``, on-policy terminal states are added to it and (if ``replay_ratio``
+        > 0 and the buffer is not empty) ``round(replay_ratio * size)`` of the batch are
+        backward-sampled from buffered states.
+        """
         if isinstance(batch, Trajectories):
             return self.objective(batch)
-        tr = self.sample(
-            batch.size, generator=batch.generator, epsilon=self.epsilon, temperature=self.temperature
-        )
-        return self.objective(tr)
+        buf = self.replay_buffer
+        n_rep = round(self.replay_ratio * batch.size) if buf is not None and len(buf) > 0 else 0
+        n_on = batch.size - n_rep
+        tr = self.sample(n_on, generator=batch.generator, epsilon=self.epsilon, temperature=self.temperature)
+        if buf is not None:
+            buf.add(tr.terminal.detach(), tr.log_reward.detach())
+        if n_rep == 0:
+            return self.objective(tr)
+        rep = self.sample_backward(buf.sample(n_rep, generator=batch.generator), generator=batch.generator)
+        return (n_on * self.objective(tr) + n_rep * self.objective(rep)) / batch.size
 
     @property
     def log_z(self) -> Tensor:  # pragma: no cover - overridden
@@ -437,3 +545,140 @@ class SubTrajectoryBalance(_FlowGFlowNet):
         w = (self.lamda ** (k[None, :] - k[:, None]).clamp(min=0))[..., None] * mask
         per_traj = (w * r.pow(2)).sum((0, 1)) / w.sum((0, 1))
         return per_traj.mean()
+
+
+class FlowMatching(GFlowNet):
+    r"""Flow matching (Bengio et al. 2021, "Flow Network based Generative Models for Non-Iterative
+    Diverse Candidate Generation", NeurIPS), with the terminal reward as the stop edge's flow.
+
+    The ``pf`` network's first ``n_actions - 1`` outputs are log edge flows
+    :math:`\log F(s \to s')` (its stop output is unused); the stop edge has flow :math:`R(s)` where
+    stopping is allowed. For each visited non-initial state :math:`s` the residual is
+
+    .. math::
+
+        \delta(s) = \log \sum_{s' \to s} F(s' \to s)
+        - \log\Big(\sum_{s \to s''} F(s \to s'') + R(s)\,\mathbb 1[\text{stop allowed at } s]\Big),
+
+    computed with ``logsumexp``; parents :math:`s'` are enumerated with ``env.backward_mask`` and
+    ``env.backward_step`` (backward action ``a`` undoes forward action ``a``). The loss is the mean
+    of :math:`\delta^2` over visited non-initial states. The forward policy is
+    :math:`P_F(s''|s) \propto F(s \to s'')`, :math:`P_F(\text{stop}|s) \propto R(s)`, and
+    :math:`\log Z` is the out-flow of :math:`s_0`. No backward policy is needed (``uniform_pb`` is
+    the default; it only fills ``Trajectories.log_pb``).
+
+    Args: as :class:`GFlowNet`.
+
+    Example:
+        >>> from flowforge.gflownet import HyperGrid
+        >>> fm = FlowMatching(HyperGrid(2, 4), width=8, depth=1)
+        >>> tr = fm.sample(4, generator=torch.Generator().manual_seed(0))
+        >>> fm.residuals(tr).ndim, fm.loss(tr).ndim
+        (1, 0)
+    """
+
+    def __init__(
+        self, env: Environment, pf: nn.Module | None = None, pb: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        if pb is None and "uniform_pb" not in kwargs:
+            kwargs["uniform_pb"] = True
+        super().__init__(env, pf, pb, **kwargs)
+
+    def forward_logits(self, states: Tensor, mask: Tensor) -> Tensor:
+        """``(B, n_actions)``: log edge flows for moves, :math:`\\log R(s)` for stop (``-inf`` if masked)."""
+        out = super().forward_logits(states, mask)
+        stop = mask[:, -1]
+        lr = self.env.log_reward(states, out.dtype)
+        lr = torch.where(stop, lr, torch.full_like(lr, float("-inf")))
+        return torch.cat([out[:, :-1], lr[:, None]], dim=1)
+
+    def log_outflow(self, states: Tensor) -> Tensor:
+        """``(B,)`` :math:`\\log(\\sum_{s''} F(s \\to s'') + R(s)\\mathbb 1[\\text{stop}])`."""
+        mask = self.env.forward_mask(states)
+        logits = self.forward_logits(states, mask).masked_fill(~mask, float("-inf"))
+        return torch.logsumexp(logits, dim=1)
+
+    def log_inflow(self, states: Tensor) -> Tensor:
+        """``(B,)`` :math:`\\log \\sum_{s' \\to s} F(s' \\to s)` (``-inf`` at :math:`s_0`)."""
+        bmask = self.env.backward_mask(states)
+        rows, acts = bmask.nonzero(as_tuple=True)
+        parents = self.env.backward_step(states[rows], acts)
+        pmask = self.env.forward_mask(parents)
+        edge = self.forward_logits(parents, pmask).gather(1, acts[:, None]).squeeze(1)
+        table = torch.full(bmask.shape, float("-inf"), dtype=edge.dtype, device=edge.device)
+        table = table.index_put((rows, acts), edge)
+        return torch.logsumexp(table, dim=1)
+
+    @property
+    def log_z(self) -> Tensor:
+        """Out-flow of :math:`s_0`."""
+        return self.log_outflow(self.env.s0.to(self._device)[None])[0]
+
+    def residuals(self, tr: Trajectories) -> Tensor:
+        """``(M,)`` :math:`\\delta(s)` for the ``M`` non-initial states visited by the batch."""
+        move = tr.valid & (tr.actions != self.env.n_actions - 1)
+        states = tr.states[1:][move]
+        return self.log_inflow(states) - self.log_outflow(states)
+
+    def objective(self, tr: Trajectories) -> Tensor:
+        r = self.residuals(tr)
+        if r.numel() == 0:  # every trajectory stopped at s0: nothing to match
+            return self.log_z * 0.0
+        return r.pow(2).mean()
+
+
+class LogPartitionVariance(GFlowNet):
+    r"""Log-partition variance loss, "ZVar" (Zhang et al. 2023, "Robust Scheduling with GFlowNets",
+    ICLR; torchgfn's ``LogPartitionVarianceGFlowNet``).
+
+    Each trajectory gives an estimate :math:`\zeta(\tau) = \log R(x) + \sum_t \log P_B - \sum_t \log P_F`
+    of :math:`\log Z` (exact for every :math:`\tau` at the optimum), and
+
+    .. math::
+
+        \mathcal L = \frac1B \sum_b \big(\zeta_b - \bar\zeta\big)^2, \qquad
+        \bar\zeta = \frac1B \sum_b \zeta_b,
+
+    so no :math:`\log Z` parameter is learned. :attr:`log_z` reports an exponential moving average
+    (``log_z_momentum``) of the batch means seen by :meth:`objective` in training mode.
+
+    Args: as :class:`GFlowNet`, plus ``log_z_momentum`` (default 0.9).
+
+    Example:
+        >>> from flowforge.gflownet import HyperGrid
+        >>> zv = LogPartitionVariance(HyperGrid(2, 4), width=8, depth=1)
+        >>> tr = zv.sample(6, generator=torch.Generator().manual_seed(0))
+        >>> zv.residuals(tr).shape, bool(zv.loss(tr) >= 0)
+        (torch.Size([6]), True)
+    """
+
+    def __init__(
+        self,
+        env: Environment,
+        pf: nn.Module | None = None,
+        pb: nn.Module | None = None,
+        *,
+        log_z_momentum: float = 0.9,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(env, pf, pb, **kwargs)
+        self.log_z_momentum = float(log_z_momentum)
+        self.register_buffer("log_z_estimate", torch.tensor(float("nan")))
+
+    @property
+    def log_z(self) -> Tensor:
+        return self.log_z_estimate
+
+    def residuals(self, tr: Trajectories) -> Tensor:
+        """``(B,)`` :math:`\\zeta = \\log R + \\sum \\log P_B - \\sum \\log P_F`."""
+        return tr.log_reward + tr.log_pb.sum(0) - tr.log_pf.sum(0)
+
+    def objective(self, tr: Trajectories) -> Tensor:
+        z = self.residuals(tr)
+        if self.training:
+            with torch.no_grad():
+                m = z.mean().to(self.log_z_estimate.dtype)
+                old = self.log_z_estimate
+                new = m if bool(old.isnan()) else self.log_z_momentum * old + (1 - self.log_z_momentum) * m
+                self.log_z_estimate.copy_(new)
+        return (z - z.mean()).pow(2).mean()
