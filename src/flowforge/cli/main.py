@@ -211,7 +211,7 @@ def _eval(a: argparse.Namespace) -> int:
     if a.metrics is None:
         recipe = get_recipe(_read_config(Path(a.run))["recipe"])
         metrics = list(recipe.metrics) or ["swd", "mmd", "energy"]
-        if a.energy is None and recipe.kind != "boltzmann":  # ess / logz need a target energy
+        if a.energy is None and recipe.kind == "normalizing":  # ess / logz need a target energy
             metrics = [m for m in metrics if m not in ("ess", "logz")]
     else:
         metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]

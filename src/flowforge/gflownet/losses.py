@@ -408,8 +408,9 @@ class GFlowNetGenerator:
         generator: torch.Generator | None = None,
         epsilon: float = 0.0,
         temperature: float = 1.0,
+        **_: Any,
     ) -> Tensor:
-        """``(n, ndim)`` terminal states from the forward policy."""
+        """``(n, ndim)`` terminal states from the forward policy; options of other generators are ignored."""
         if cond is not None:
             raise ValueError("this GFlowNet is unconditional; call sample(n) without cond")
         return self.model.sample(n, generator=generator, epsilon=epsilon, temperature=temperature).terminal
