@@ -327,3 +327,50 @@ def test_hypergrid_dp_unchanged_by_level_hook():
     env = HyperGrid(2, 8)
     log_f, _ = exact_flows(env)
     assert float(log_f[0]) == pytest.approx(3.10906, abs=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_batched_rescoring_matches_per_step_log_probs(shared):
+    env = HyperGrid(3, 5)
+    torch.manual_seed(0)
+    if shared:
+        trunk = nn.Sequential(nn.Linear(env.obs_dim, 32), nn.ReLU())
+        pf = nn.Sequential(trunk, nn.Linear(32, env.n_actions))
+        pb = nn.Sequential(trunk, nn.Linear(32, env.n_actions - 1))
+        tb = TrajectoryBalance(env, pf, pb).double()
+    else:
+        tb = TrajectoryBalance(env, width=32, depth=2).double()
+    tr = tb.sample(32, generator=gen(0), epsilon=0.3, temperature=2.0)
+    T = tr.actions.shape[0]
+    assert bool((tr.actions[-1] == -1).any() | (tr.actions[-1] == env.stop_action).all())
+    stop = env.n_actions - 1
+    for t in range(T):
+        a = tr.actions[t]
+        lpf = tb.forward_log_probs(tr.states[t]).gather(1, a.clamp(min=0)[:, None]).squeeze(1)
+        lpb = tb.backward_log_probs(tr.states[t + 1]).gather(1, a.clamp(0, stop - 1)[:, None]).squeeze(1)
+        move = (a >= 0) & (a != stop)
+        torch.testing.assert_close(tr.log_pf[t], torch.where(a >= 0, lpf, 0.0), rtol=0, atol=1e-12)
+        torch.testing.assert_close(tr.log_pb[t], torch.where(move, lpb, 0.0), rtol=0, atol=1e-12)
+    ref = tb._trajectories_from_actions_padded(tr.states, tr.actions, tr.log_reward)
+    torch.testing.assert_close(tr.log_pf, ref.log_pf, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tr.log_pb, ref.log_pb, rtol=0, atol=1e-12)
+    # gradients flow to every policy parameter
+    tb.loss(tr).backward()
+    assert all(p.grad is not None for p in tb.pf.parameters())
+    # the rollout never takes a masked action
+    for t in range(T):
+        a = tr.actions[t]
+        ok = env.forward_mask(tr.states[t]).gather(1, a.clamp(min=0)[:, None]).squeeze(1)
+        assert bool((ok | (a < 0)).all())
+
+
+def test_hypergrid_rollout_fast_paths_match_public_methods():
+    for env in (HyperGrid(2, 8), HyperGrid(3, 5)):
+        s = env.all_states()
+        assert torch.equal(env._log_reward_fast(s, torch.float64), env.log_reward(s, torch.float64))
+        assert torch.equal(env._forward_forbidden(s), ~env.forward_mask(s))
+        ok = env.forward_mask(s)
+        for a in range(env.n_actions):
+            act = torch.full((s.shape[0],), a)
+            rows = ok[:, a]
+            assert torch.equal(s[rows] + env._step_delta()[act[rows]], env.step(s[rows], act[rows]))

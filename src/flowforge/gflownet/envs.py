@@ -115,6 +115,10 @@ class HyperGrid:
         self.max_length = ndim * (height - 1) + 1
         self.n_states = height**ndim
         self.s0 = torch.zeros(ndim, dtype=torch.long)
+        self._eye = torch.eye(height)  # K-hot lookup table (obs)
+        # row a = e_a for a move, zeros for stop (the rollout's unchecked step)
+        self._lr_table: tuple | None = None  # (key, log R of all states, index weights), see _log_reward_fast
+        self._units = torch.cat([torch.eye(ndim, dtype=torch.long), torch.zeros(1, ndim, dtype=torch.long)])
 
     def __repr__(self) -> str:
         return f"HyperGrid(ndim={self.ndim}, height={self.height}, r0={self.r0}, r1={self.r1}, r2={self.r2})"
@@ -123,9 +127,11 @@ class HyperGrid:
 
     def obs(self, states: Tensor) -> Tensor:
         """K-hot encoding: ``(B, ndim)`` -> ``(B, ndim * height)`` float (default dtype)."""
-        return (
-            F.one_hot(states.long(), self.height).reshape(states.shape[0], -1).to(torch.get_default_dtype())
-        )
+        eye = self._eye
+        dtype = torch.get_default_dtype()
+        if eye.device != states.device or eye.dtype != dtype:
+            eye = self._eye = torch.eye(self.height, dtype=dtype, device=states.device)
+        return eye[states.long()].reshape(states.shape[0], -1)
 
     def forward_mask(self, states: Tensor) -> Tensor:
         """``(B, ndim + 1)`` bool: +1 on coordinate ``i`` allowed while ``x_i < H - 1``; stop always."""
@@ -147,6 +153,15 @@ class HyperGrid:
             )
         return states + F.one_hot(actions.long(), self.n_actions)[:, : self.ndim].to(states.dtype)
 
+    def _step_delta(self) -> Tensor:
+        """``(ndim + 1, ndim)``: row ``a`` is the displacement of action ``a`` (``e_a``, zeros for stop);
+        rollouts use ``s + delta[a]``, an unchecked :meth:`step` for actions drawn from the masked policy."""
+        return self._units
+
+    def _forward_forbidden(self, states: Tensor) -> Tensor:
+        """``~forward_mask(states)`` in two ops (rollout hot path)."""
+        return F.pad(states >= self.height - 1, (0, 1))
+
     def backward_step(self, states: Tensor, actions: Tensor) -> Tensor:
         """Backward step: ``x - e_a`` for ``a < ndim`` (``a`` must be allowed by :meth:`backward_mask`)."""
         ok = self.backward_mask(states).gather(1, actions.long().clamp(0, self.ndim - 1)[:, None]).squeeze(1)
@@ -164,6 +179,19 @@ class HyperGrid:
         band2 = ((a > 0.3) & (a < 0.4)).all(dim=1)
         r = self.r0 + self.r1 * band1.to(torch.float64) + self.r2 * band2.to(torch.float64)
         return r.log().to(dtype)
+
+    def _log_reward_fast(self, states: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """:meth:`log_reward` by table lookup, for states known to be on the grid (rollouts)."""
+        if self.n_states > 1 << 20:  # keep the table small
+            return self.log_reward(states, dtype)
+        dtype = dtype or torch.get_default_dtype()
+        key = (states.device, dtype)
+        if self._lr_table is None or self._lr_table[0] != key:
+            table = self.log_reward(self.all_states(), dtype).to(states.device)
+            weights = self.height ** torch.arange(self.ndim - 1, -1, -1, device=states.device)
+            self._lr_table = (key, table, weights)
+        _, table, weights = self._lr_table
+        return table[(states.long() * weights).sum(dim=1)]
 
     def mode_mask(self, states: Tensor) -> Tensor:
         """``(B,)`` bool: :math:`R(x) \\ge R_0 + R_1 + R_2`."""

@@ -43,11 +43,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from flowforge.gflownet.envs import Environment
 from flowforge.nn import MLP
@@ -88,6 +91,34 @@ def _apply(net: nn.Module, x: Tensor) -> Tensor:
     if isinstance(net, MLP):
         return net(x, x.new_zeros(x.shape[0]))
     return net(x)
+
+
+def _plain_leaves(net: nn.Module) -> list[Callable[[Tensor], Tensor]] | None:
+    """The layers of a (nested) ``nn.Sequential`` without hooks as plain functions, in call order, or
+    ``None`` if ``net`` is anything else (calling them skips only the module-call machinery)."""
+    from torch.nn.modules import module as _m
+
+    if any((_m._global_forward_hooks, _m._global_forward_pre_hooks)):
+        return None
+    out: list[Callable[[Tensor], Tensor]] = []
+
+    def walk(mod: nn.Module) -> bool:
+        if mod._forward_hooks or mod._forward_pre_hooks:
+            return False
+        if type(mod) is nn.Sequential:
+            return all(walk(c) for c in mod)
+        if type(mod) is nn.Linear:
+            out.append(functools.partial(F.linear, weight=mod.weight, bias=mod.bias))
+            return True
+        if type(mod) is nn.ReLU and not mod.inplace:
+            out.append(torch.relu)
+            return True
+        if isinstance(mod, nn.Sequential) or next(mod.children(), None) is not None:
+            return False
+        out.append(mod.forward)
+        return True
+
+    return out if walk(net) else None
 
 
 def _check_out(logits: Tensor, mask: Tensor, what: str) -> None:
@@ -228,56 +259,164 @@ class GFlowNet(nn.Module):
 
         Actions are drawn from :math:`(1-\\epsilon)\\,\\mathrm{softmax}(\\text{logits}/T) + \\epsilon\\,
         \\mathcal U(\\text{allowed})`; the stored ``log_pf`` is that of the plain policy.
+
+        The rollout runs without autograd; ``log_pf`` and ``log_pb`` are then recomputed in one batched
+        pass over all visited states (:meth:`trajectories_from_actions`), which gives the same values
+        with gradients.
         """
+        states, actions = self._rollout(n, generator, epsilon, temperature)
+        return self._score(states, actions, rollout=True)
+
+    @torch.no_grad()
+    def _rollout(
+        self, n: int, generator: torch.Generator | None, epsilon: float, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        """``(T + 1, n, ndim)`` states and ``(T, n)`` actions (``-1`` after stop) of an on-policy rollout."""
         env, dev = self.env, self._device
-        states = env.s0.to(dev).expand(n, -1).clone()
-        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        dtype = self._dtype
         stop = env.n_actions - 1
-        all_states, all_actions, all_lpf = [states], [], []
-        for _ in range(env.max_length):
+        L = env.max_length
+        s0 = env.s0.to(dev)
+        S = torch.empty((L + 1, n, *s0.shape), dtype=s0.dtype, device=dev)
+        S[0] = s0
+        A = torch.full((L, n), -1, dtype=torch.long, device=dev)
+        delta_fn = getattr(env, "_step_delta", None)  # optional: moves as displacements (no checks)
+        delta = delta_fn().to(dev, S.dtype) if delta_fn is not None else None
+        obs_fn = env.obs
+        plain_logits = type(self).forward_logits is GFlowNet.forward_logits
+        pf = self.pf
+        leaves = _plain_leaves(pf) if plain_logits else None
+        if leaves is not None:  # check the output shape once, then call the layers without module hooks
+            _check_out(_apply(pf, obs_fn(S[0]).to(dtype)), env.forward_mask(S[0]), "forward policy (pf)")
+        forbidden_fn = getattr(env, "_forward_forbidden", None)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        gdev = generator.device if generator is not None else dev
+        if epsilon > 0:  # inverse CDF of the mixture, u in (0, 1]: never picks a zero-probability action
+            U = 1.0 - torch.rand((L, n, 1), generator=generator, device=gdev, dtype=dtype).to(dev)
+        else:  # Gumbel-max: argmax(logits / T + G) ~ softmax(logits / T)
+            G = torch.rand((L, n, env.n_actions), generator=generator, device=gdev, dtype=dtype).to(dev)
+            G = G.clamp_min_(torch.finfo(dtype).tiny).log_().neg_().log_().neg_()  # finite: u = 0 is clamped
+        neg_inf = float("-inf")
+        T = L
+        for t in range(L):
+            s = S[t]
+            forbidden = forbidden_fn(s) if forbidden_fn is not None else ~env.forward_mask(s)
+            if plain_logits:
+                x = obs_fn(s).to(dtype)
+                if leaves is None:
+                    logits = _apply(pf, x)
+                    _check_out(logits, forbidden, "forward policy (pf)")
+                else:
+                    for f in leaves:
+                        x = f(x)
+                    logits = x
+            else:
+                logits = self.forward_logits(s, ~forbidden)
+            z = logits.masked_fill(forbidden, neg_inf)
+            if temperature != 1.0:
+                z = z / temperature
+            if epsilon > 0:
+                allowed = (~forbidden).to(z.dtype)
+                probs = (1 - epsilon) * torch.softmax(z, dim=-1) + epsilon * allowed / allowed.sum(
+                    -1, keepdim=True
+                )
+                cdf = probs.cumsum(-1)
+                a = (cdf < U[t] * cdf[:, -1:]).sum(-1)
+            else:
+                a = (z + G[t]).argmax(-1)
+            a.masked_fill_(done, stop)
+            A[t] = a
+            if delta is None:
+                S[t + 1] = env.step(s, a)
+            else:
+                torch.add(s, delta[a], out=S[t + 1])
+            done = a == stop
             if bool(done.all()):
+                T = t + 1
                 break
-            mask = env.forward_mask(states)
-            logits = self.forward_logits(states, mask)
-            logp = _masked_log_softmax(logits, mask)
-            with torch.no_grad():
-                probs = torch.softmax(logits.detach().masked_fill(~mask, float("-inf")) / temperature, dim=-1)
-                if epsilon > 0:
-                    uniform = mask.to(probs.dtype) / mask.sum(-1, keepdim=True)
-                    probs = (1 - epsilon) * probs + epsilon * uniform
-                gdev = generator.device if generator is not None else probs.device
-                a = torch.multinomial(probs.to(gdev), 1, generator=generator).squeeze(1).to(dev)
-                a = torch.where(done, torch.full_like(a, stop), a)
-            all_lpf.append(torch.where(done, logp.new_zeros(()), logp.gather(1, a[:, None]).squeeze(1)))
-            all_actions.append(torch.where(done, torch.full_like(a, -1), a))
-            states = env.step(states, a)
-            all_states.append(states)
-            done = done | (a == stop)
-        S = torch.stack(all_states)  # (T+1, B, ndim)
-        A = torch.stack(all_actions)  # (T, B)
-        valid = A >= 0
-        move = valid & (A != stop)
-        T = A.shape[0]
-        # log P_B(s_t | s_{t+1}) for moves: backward action index = forward action index.
-        lpb_all = self.backward_log_probs(S[1:].reshape(T * n, -1)).reshape(T, n, -1)
-        lpb = lpb_all.gather(2, A.clamp(0, stop - 1)[..., None]).squeeze(2)
-        lpb = torch.where(move, lpb, lpb.new_zeros(()))
-        lengths = valid.sum(0)
-        terminal = S[lengths - 1, torch.arange(n, device=dev)]
-        return Trajectories(
-            states=S,
-            actions=A,
-            valid=valid,
-            lengths=lengths,
-            terminal=terminal,
-            log_pf=torch.stack(all_lpf),
-            log_pb=lpb,
-            log_reward=env.log_reward(terminal, self._dtype),
+        A = A[:T]
+        stops = A == stop
+        A.masked_fill_(stops.cumsum(0) > stops.long(), -1)  # -1 after the first stop
+        return S[: T + 1], A
+
+    def _policy_logits(self, states: Tensor, fmask: Tensor, bmask: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward and backward logits on the same ``(N, ndim)`` states; a ``pf``/``pb`` pair built as
+        ``Sequential(trunk, head)`` with a *shared* trunk (torchgfn's layout) runs the trunk once."""
+        pf, pb = self.pf, self.pb
+        shared = (
+            type(self).forward_logits is GFlowNet.forward_logits
+            and isinstance(pf, nn.Sequential)
+            and isinstance(pb, nn.Sequential)
+            and len(pf) == 2
+            and len(pb) == 2
+            and pf[0] is pb[0]
         )
+        if not shared:
+            flog = self.forward_logits(states, fmask)
+            if pb is None:
+                return flog, torch.zeros(bmask.shape, dtype=flog.dtype, device=flog.device)
+            blog = _apply(pb, self._obs(states))
+            _check_out(blog, bmask, "backward policy (pb)")
+            return flog, blog
+        h = pf[0](self._obs(states))
+        flog, blog = pf[1](h), pb[1](h)
+        _check_out(flog, fmask, "forward policy (pf)")
+        _check_out(blog, bmask, "backward policy (pb)")
+        return flog, blog
 
     def trajectories_from_actions(self, states: Tensor, actions: Tensor) -> Trajectories:
         """Build a :class:`Trajectories` (with fresh ``log_pf``/``log_pb``) from padded ``states``
-        ``(T + 1, B, ndim)`` and ``actions`` ``(T, B)`` (stop included, ``-1`` after it)."""
+        ``(T + 1, B, ndim)`` and ``actions`` ``(T, B)`` (stop included, ``-1`` after it).
+
+        The networks run once, on the visited states only (``s_t`` for every valid action); the
+        :math:`P_B` of a move at ``t`` uses the row of ``s_{t+1}``, which is the next valid state.
+        """
+        return self._score(states, actions, rollout=False)
+
+    def _score(self, states: Tensor, actions: Tensor, rollout: bool) -> Trajectories:
+        """:meth:`trajectories_from_actions`; ``rollout=True`` (from :meth:`_rollout`) skips the layout
+        check and may use the environment's ``_log_reward_fast`` for its (valid) terminal states."""
+        env = self.env
+        T, n = actions.shape
+        stop = env.n_actions - 1
+        valid = actions >= 0
+        move = valid & (actions != stop)
+        lengths = valid.sum(0)
+        terminal = states[lengths - 1, torch.arange(n, device=states.device)]
+        fast_reward = getattr(env, "_log_reward_fast", None) if rollout else None
+        log_reward = (fast_reward or env.log_reward)(terminal, self._dtype)
+        # every move must be followed by a valid action (the trajectory ends with stop)
+        if not rollout and (T == 0 or bool(move[-1].any()) or bool((move[:-1] & ~valid[1:]).any())):
+            return self._trajectories_from_actions_padded(states, actions, log_reward)
+        vflat = valid.reshape(-1)
+        rows = vflat.nonzero().squeeze(1)  # (N,) in (t, b) order
+        X = states[:-1].reshape(T * n, -1)[rows]
+        fmask, bmask = env.forward_mask(X), env.backward_mask(X)
+        flog, blog = self._policy_logits(X, fmask, bmask)
+        a = actions.reshape(-1)[rows]
+        lpf_rows = _masked_log_softmax(flog, fmask).gather(1, a[:, None]).squeeze(1)
+        lpb_rows = _masked_log_softmax(blog, bmask)
+        rowid = (vflat.cumsum(0) - 1).reshape(T, n)
+        # move at (t, b): backward action index = forward action index, evaluated at row (t + 1, b)
+        mt, mb = move.nonzero(as_tuple=True)
+        lpb_m = lpb_rows[rowid[mt + 1, mb], actions[mt, mb]]
+        zero = lpf_rows.new_zeros(T * n)
+        lpf = zero.index_put((rows,), lpf_rows).reshape(T, n)
+        lpb = zero.index_put((mt * n + mb,), lpb_m).reshape(T, n)
+        return Trajectories(
+            states=states,
+            actions=actions,
+            valid=valid,
+            lengths=lengths,
+            terminal=terminal,
+            log_pf=lpf,
+            log_pb=lpb,
+            log_reward=log_reward,
+        )
+
+    def _trajectories_from_actions_padded(
+        self, states: Tensor, actions: Tensor, log_reward: Tensor
+    ) -> Trajectories:
         env = self.env
         T, n = actions.shape
         stop = env.n_actions - 1
@@ -300,7 +439,7 @@ class GFlowNet(nn.Module):
             terminal=terminal,
             log_pf=lpf,
             log_pb=lpb,
-            log_reward=env.log_reward(terminal, self._dtype),
+            log_reward=log_reward,
         )
 
     def sample_backward(self, terminal: Tensor, generator: torch.Generator | None = None) -> Trajectories:
