@@ -34,25 +34,20 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
-from flowforge.gflownet import HyperGrid, TrajectoryBalance, exact_metrics, l1_sum, terminal_distribution
+from flowforge.gflownet import (
+    HyperGrid,
+    TrajectoryBalance,
+    exact_metrics,
+    l1_sum,
+    shared_trunk_policies,
+    terminal_distribution,
+)
 from flowforge.train import BatchRequest
 
 
-def _mlp_trunk(in_dim: int, width: int, depth: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = in_dim
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
-        d = width
-    return nn.Sequential(*layers)
-
-
 def make_flowforge(env: HyperGrid, width: int, depth: int) -> tuple[TrajectoryBalance, torch.optim.Optimizer]:
-    trunk = _mlp_trunk(env.obs_dim, width, depth)
-    pf = nn.Sequential(trunk, nn.Linear(width, env.n_actions))
-    pb = nn.Sequential(trunk, nn.Linear(width, env.n_actions - 1))
+    pf, pb = shared_trunk_policies(env.obs_dim, env.n_actions, width, depth)
     model = TrajectoryBalance(env, pf, pb, log_z_lr_scale=100.0)
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 

@@ -31,6 +31,7 @@ from flowforge.gflownet.losses import (
     SubTrajectoryBalance,
     Trajectories,
     TrajectoryBalance,
+    shared_trunk_policies,
 )
 from flowforge.gflownet.replay import PrioritizedReplayBuffer, ReplayBuffer
 
@@ -56,5 +57,6 @@ __all__ = [
     "l1_sum",
     "logz_error",
     "modes_found",
+    "shared_trunk_policies",
     "terminal_distribution",
 ]

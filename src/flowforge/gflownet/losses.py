@@ -86,6 +86,23 @@ class PolicyMLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def shared_trunk_policies(
+    in_dim: int, n_actions: int, width: int = 256, depth: int = 2
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """P_F ``(B, in_dim) -> (B, n_actions)`` and P_B ``-> (B, n_actions - 1)`` as two heads on one ReLU trunk
+    (torchgfn's hypergrid layout); the rollout runs the shared trunk once.
+
+    Example:
+        >>> pf, pb = shared_trunk_policies(8, 3, width=16, depth=2)
+        >>> pf[0] is pb[0], pf(torch.zeros(4, 8)).shape, pb(torch.zeros(4, 8)).shape
+        (True, torch.Size([4, 3]), torch.Size([4, 2]))
+    """
+    trunk = nn.Sequential(*list(PolicyMLP(in_dim, width, width, depth))[:-1])
+    return nn.Sequential(trunk, nn.Linear(width, n_actions)), nn.Sequential(
+        trunk, nn.Linear(width, n_actions - 1)
+    )
+
+
 def _apply(net: nn.Module, x: Tensor) -> Tensor:
     """Call ``net(x)``; a ``flowforge.nn.MLP`` (time-conditioned) gets ``t = 0``."""
     if isinstance(net, MLP):

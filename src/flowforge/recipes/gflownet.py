@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowforge.gflownet import (
     DetailedBalance,
@@ -37,6 +37,7 @@ from flowforge.gflownet import (
     TrajectoryBalance,
     exact_metrics,
     modes_found,
+    shared_trunk_policies,
 )
 from flowforge.recipes.registry import Recipe, register
 
@@ -58,15 +59,6 @@ OBJECTIVES: dict[str, tuple[type[GFlowNet], tuple[str, ...]]] = {
 }
 
 
-def _trunk(in_dim: int, width: int, depth: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = in_dim
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
-        d = width
-    return nn.Sequential(*layers)
-
-
 def make_env(config: dict[str, Any]) -> HyperGrid:
     """The config's :class:`~flowforge.gflownet.HyperGrid`."""
     return HyperGrid(
@@ -86,9 +78,8 @@ def build_gflownet(config: dict[str, Any]) -> GFlowNet:
     uniform_pb = bool(config["uniform_pb"])
     pf = pb = None
     if config["shared_trunk"] and depth > 0:
-        trunk = _trunk(env.obs_dim, width, depth)
-        pf = nn.Sequential(trunk, nn.Linear(width, env.n_actions))
-        pb = None if uniform_pb else nn.Sequential(trunk, nn.Linear(width, env.n_actions - 1))
+        pf, pb = shared_trunk_policies(env.obs_dim, env.n_actions, width, depth)
+        pb = None if uniform_pb else pb
     return cls(
         env,
         pf,
