@@ -351,7 +351,7 @@ def test_batched_rescoring_matches_per_step_log_probs(shared):
         move = (a >= 0) & (a != stop)
         torch.testing.assert_close(tr.log_pf[t], torch.where(a >= 0, lpf, 0.0), rtol=0, atol=1e-12)
         torch.testing.assert_close(tr.log_pb[t], torch.where(move, lpb, 0.0), rtol=0, atol=1e-12)
-    ref = tb._trajectories_from_actions_padded(tr.states, tr.actions, tr.log_reward)
+    ref = tb._trajectories_from_actions_padded(tr.states, tr.actions, tr.log_reward, tr.complete)
     torch.testing.assert_close(tr.log_pf, ref.log_pf, rtol=0, atol=1e-12)
     torch.testing.assert_close(tr.log_pb, ref.log_pb, rtol=0, atol=1e-12)
     # gradients flow to every policy parameter

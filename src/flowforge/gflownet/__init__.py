@@ -1,5 +1,5 @@
-"""GFlowNets: amortized samplers of compositional objects from a reward (TB, DB, SubTB, FM, ZVar;
-replay buffers; hypergrid and bit sequences).
+"""GFlowNets: amortized samplers of compositional objects from a reward (TB, DB, SubTB, FM, ZVar,
+forward-looking DB/SubTB; replay buffers; hypergrid, bit sequences, sets, Ising).
 
 Example:
     >>> import torch
@@ -10,7 +10,7 @@ Example:
     ['jsd', 'l1_mean', 'l1_sum', 'logz_error']
 """
 
-from flowforge.gflownet.envs import BitSequence, Environment, HyperGrid
+from flowforge.gflownet.envs import BitSequence, Environment, HyperGrid, Ising, NonAutoregressiveBitSequence
 from flowforge.gflownet.exact import (
     exact_flows,
     exact_metrics,
@@ -34,6 +34,7 @@ from flowforge.gflownet.losses import (
     shared_trunk_policies,
 )
 from flowforge.gflownet.replay import PrioritizedReplayBuffer, ReplayBuffer
+from flowforge.gflownet.sets import SetGeneration, TopKTracker, fl_gfn_energies
 
 __all__ = [
     "BitSequence",
@@ -43,15 +44,20 @@ __all__ = [
     "GFlowNet",
     "GFlowNetGenerator",
     "HyperGrid",
+    "Ising",
     "LogPartitionVariance",
+    "NonAutoregressiveBitSequence",
     "PolicyMLP",
     "PrioritizedReplayBuffer",
     "ReplayBuffer",
+    "SetGeneration",
     "SubTrajectoryBalance",
+    "TopKTracker",
     "Trajectories",
     "TrajectoryBalance",
     "exact_flows",
     "exact_metrics",
+    "fl_gfn_energies",
     "jsd",
     "l1_mean",
     "l1_sum",

@@ -1,4 +1,5 @@
-r"""Discrete GFlowNet environments: the :class:`Environment` protocol and the :class:`HyperGrid`.
+r"""Discrete GFlowNet environments: the :class:`Environment` protocol, :class:`HyperGrid`, bit sequences
+(:class:`BitSequence`, :class:`NonAutoregressiveBitSequence`) and the :class:`Ising` model.
 
 A state is an integer vector; a batch of states is a ``(B, ndim)`` long tensor. Actions are integers
 in ``[0, n_actions)``; the **last action** (``n_actions - 1``) is the explicit *stop* action, which
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["BitSequence", "Environment", "HyperGrid"]
+__all__ = ["BitSequence", "Environment", "HyperGrid", "Ising", "NonAutoregressiveBitSequence"]
 
 
 @runtime_checkable
@@ -397,3 +398,322 @@ class BitSequence:
     def true_distribution(self) -> Tensor:
         """``(n_states,)`` float64 :math:`R(x)/Z` on complete states, 0 on prefixes."""
         return torch.softmax(self.log_reward(self.all_states(), torch.float64), dim=0)
+
+
+class _SlotFilling:
+    r"""Shared machinery of environments that fill ``n_slots`` empty slots (``-1``) with values in
+    ``[0, vocab)``, one slot per action, in any order; stop is allowed only when every slot is full.
+
+    A forward action is a (slot, value) pair; ``value_major=False`` numbers it
+    ``slot * vocab + value`` (torchgfn's ``NonAutoregressiveBitSequence``), ``value_major=True``
+    ``value * n_slots + slot`` (torchgfn's ``DiscreteEBM``). Backward action ``a`` empties the slot
+    that forward action ``a`` filled, and is allowed only if that slot holds that value. Since the mask
+    only allows filling empty slots, every move is a fixed displacement ``+(value + 1)`` on its slot
+    (:meth:`_step_delta`). Subclasses define ``log_reward`` (``-inf`` on incomplete states).
+
+    Enumeration: all :math:`(V+1)^n` states, the last slot varying fastest, with
+    :math:`\text{index}(x) = \sum_i (x_i + 1)(V+1)^{n-1-i}`; ``level`` = number of filled slots.
+    """
+
+    def _init_slots(self, n_slots: int, vocab: int, value_major: bool) -> None:
+        self._n_slots, self._vocab, self._value_major = n_slots, vocab, value_major
+        self.n_actions = n_slots * vocab + 1
+        self.stop_action = n_slots * vocab
+        self.obs_dim = n_slots * (vocab + 1)
+        self.max_length = n_slots + 1
+        self.n_states = (vocab + 1) ** n_slots
+        self.s0 = torch.full((n_slots,), -1, dtype=torch.long)
+        a = torch.arange(n_slots * vocab)
+        slot, value = (a % n_slots, a // n_slots) if value_major else (a // vocab, a % vocab)
+        delta = torch.zeros(self.n_actions, n_slots, dtype=torch.long)
+        delta[a, slot] = value + 1  # the stop row stays zero
+        self._delta = delta
+
+    def log_reward(self, states: Tensor, dtype: torch.dtype | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _pairs(self, x: Tensor) -> Tensor:
+        """``(B, n_slots, vocab)`` -> ``(B, n_slots * vocab)`` in action order."""
+        if self._value_major:
+            x = x.transpose(1, 2)
+        return x.reshape(x.shape[0], self._n_slots * self._vocab)
+
+    # -- encoding and masks ------------------------------------------------------------------------
+
+    def obs(self, states: Tensor) -> Tensor:
+        """One-hot per slot with an extra "empty" class: ``(B, n_slots * (vocab + 1))`` float."""
+        x = torch.where(states < 0, self._vocab, states).long()
+        return (
+            F.one_hot(x, self._vocab + 1).reshape(states.shape[0], self.obs_dim).to(torch.get_default_dtype())
+        )
+
+    def level(self, states: Tensor) -> Tensor:
+        """``(B,)`` number of filled slots (the topological order of the DAG)."""
+        return (states >= 0).sum(1)
+
+    def forward_mask(self, states: Tensor) -> Tensor:
+        """``(B, n_actions)``: fill any empty slot with any value; stop only when no slot is empty."""
+        empty = states < 0
+        moves = self._pairs(empty[:, :, None].expand(-1, -1, self._vocab))
+        return torch.cat([moves, ~empty.any(1, keepdim=True)], dim=1)
+
+    def backward_mask(self, states: Tensor) -> Tensor:
+        """``(B, n_actions - 1)``: empty slot ``i`` holding value ``v`` (the action that wrote it)."""
+        held = F.one_hot(states.clamp(min=0).long(), self._vocab).bool() & (states >= 0)[..., None]
+        return self._pairs(held)
+
+    # -- transitions -------------------------------------------------------------------------------
+
+    def step(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Fill the slot of each action with its value; stop returns the state unchanged."""
+        a = actions.long()
+        ok = self.forward_mask(states).gather(1, a.clamp(0, self.stop_action)[:, None]).squeeze(1)
+        if bool(((a < 0) | (a > self.stop_action) | ~ok).any()):
+            raise ValueError(
+                f"{type(self).__name__}.step got an action outside forward_mask(states); mask the policy first"
+            )
+        return states + self._delta.to(states.device, states.dtype)[a]
+
+    def backward_step(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Empty the slot written by forward action ``a`` (allowed by :meth:`backward_mask`)."""
+        a = actions.long()
+        ok = self.backward_mask(states).gather(1, a.clamp(0, self.stop_action - 1)[:, None]).squeeze(1)
+        if bool(((a < 0) | (a >= self.stop_action) | ~ok).any()):
+            raise ValueError(
+                f"{type(self).__name__}.backward_step got an action outside backward_mask(states)"
+            )
+        return states - self._delta.to(states.device, states.dtype)[a]
+
+    def _step_delta(self) -> Tensor:
+        """``(n_actions, n_slots)``: row ``a`` is the displacement of action ``a`` (``value + 1`` on its
+        slot, zeros for stop); exact for every action the forward mask allows (rollout hot path)."""
+        return self._delta
+
+    # -- enumeration -------------------------------------------------------------------------------
+
+    def all_states(self) -> Tensor:
+        """``((V+1)^n, n)`` every state (values ``-1 .. V-1``); row ``k`` has :meth:`state_index` ``k``."""
+        grids = torch.meshgrid(*[torch.arange(-1, self._vocab)] * self._n_slots, indexing="ij")
+        return torch.stack([g.reshape(-1) for g in grids], dim=1)
+
+    def state_index(self, states: Tensor) -> Tensor:
+        """``(B,)`` long: :math:`\\sum_i (x_i + 1)(V+1)^{n-1-i}` (torchgfn's ``get_states_indices``)."""
+        weights = (self._vocab + 1) ** torch.arange(self._n_slots - 1, -1, -1, device=states.device)
+        return ((states.long() + 1) * weights).sum(dim=1)
+
+    @property
+    def log_partition(self) -> float:
+        """Exact :math:`\\log Z` over the complete states (float64)."""
+        return float(torch.logsumexp(self.log_reward(self.all_states(), torch.float64), dim=0))
+
+    def true_distribution(self) -> Tensor:
+        """``(n_states,)`` float64 :math:`R(x)/Z` on complete states, 0 on incomplete ones."""
+        return torch.softmax(self.log_reward(self.all_states(), torch.float64), dim=0)
+
+
+class NonAutoregressiveBitSequence(_SlotFilling):
+    r"""Bit strings written one word at a time at *any* empty position (torchgfn's
+    ``NonAutoregressiveBitSequence``; the task of Malkin et al. 2022, §5.2, without the left-to-right
+    order).
+
+    A state is the ``(n_words,)`` vector of word values in ``[0, 2^w)``, ``-1`` for empty positions;
+    :math:`s_0` is all ``-1``. Forward action ``a = i * 2^w + v`` writes word ``v`` at empty
+    position ``i`` (``n_words * 2^w`` moves); stop (the last action) is allowed only on complete
+    strings. Backward action ``a`` erases position ``i`` if it holds ``v``, so a state with ``k``
+    written words has ``k`` parents and :math:`P_B` matters (unlike :class:`BitSequence`). The
+    reward is :class:`BitSequence`'s,
+
+    .. math::
+
+        R(x) = \exp\big(-\beta \min_{m \in \mathcal M} d_H(x, m)\big),
+
+    with the same ``modes`` argument (``(M, length)`` 0/1 tensor, or a count drawn with ``seed``)
+    and the same ``bits``, ``min_distance`` and ``mode_id``. torchgfn uses
+    :math:`\log R = -\text{reward\_exponent}\cdot d / \text{length}` and block-pattern modes, i.e.
+    ``reward_exponent = beta * length``. Enumerable: all :math:`(2^w + 1)^{n}` states
+    (:meth:`all_states`, last position fastest); ``level`` is the number of written words.
+
+    Args:
+        length: number of bits; a positive multiple of ``word``.
+        word: bits per word :math:`w`.
+        modes: ``(M, length)`` 0/1 tensor, or ``M`` random modes.
+        beta: :math:`\beta`; larger is sharper.
+        seed: seed of the random modes.
+
+    Example:
+        >>> env = NonAutoregressiveBitSequence(length=4, word=2, modes=torch.tensor([[1, 0, 1, 1]]))
+        >>> s = env.step(env.s0[None], torch.tensor([1 * 4 + 3]))   # word 3 at position 1
+        >>> s = env.step(s, torch.tensor([0 * 4 + 2]))              # word 2 at position 0
+        >>> s.tolist(), env.bits(s).tolist(), env.log_reward(s).tolist()
+        ([[2, 3]], [[1, 0, 1, 1]], [-0.0])
+        >>> env.backward_mask(s).nonzero()[:, 1].tolist()           # two parents
+        [2, 7]
+        >>> env.n_states, env.n_actions
+        (25, 9)
+    """
+
+    def __init__(
+        self,
+        length: int = 8,
+        word: int = 1,
+        modes: Tensor | int = 4,
+        beta: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if word < 1 or length < word or length % word:
+            raise ValueError(
+                f"NonAutoregressiveBitSequence needs length a positive multiple of word; got {length}, {word}"
+            )
+        self._seq = BitSequence(length, word, modes, beta, seed)  # reward, bits and modes
+        self.length, self.word, self.beta = length, word, float(beta)
+        self.n_words, self.vocab = self._seq.n_words, self._seq.vocab
+        self.mode_bits = self._seq.mode_bits
+        self._init_slots(self.n_words, self.vocab, value_major=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"NonAutoregressiveBitSequence(length={self.length}, word={self.word}, "
+            f"modes={self.mode_bits.shape[0]}, beta={self.beta})"
+        )
+
+    def bits(self, states: Tensor) -> Tensor:
+        """``(B, length)`` 0/1 bits of complete states (see :meth:`BitSequence.bits`)."""
+        return self._seq.bits(states)
+
+    def min_distance(self, states: Tensor) -> Tensor:
+        """``(B,)`` long: :math:`\\min_m d_H(x, m)` for complete states."""
+        return self._seq.min_distance(states)
+
+    def log_reward(self, states: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """``(B,)`` :math:`-\\beta \\min_m d_H(x, m)` for complete states, ``-inf`` otherwise."""
+        return self._seq.log_reward(states, dtype)
+
+    def mode_id(self, states: Tensor) -> Tensor:
+        """``(B,)`` index of the mode a complete state equals, else -1."""
+        return self._seq.mode_id(states)
+
+    @property
+    def n_modes(self) -> int:
+        """Number of distinct modes."""
+        return self._seq.n_modes
+
+
+class Ising(_SlotFilling):
+    r"""Ising model on a ``side x side`` lattice as a GFlowNet environment: torchgfn's ``DiscreteEBM``
+    with its ``IsingModel`` energy (Zhang et al. 2022, "Generative Flow Networks for Discrete
+    Probabilistic Modeling", ICML; EB-GFN).
+
+    :math:`D = \text{side}^2` sites; a state is ``(D,)`` in :math:`\{-1, 0, 1\}` with ``-1`` = unset,
+    :math:`s_0` all unset. Forward action ``i`` sets site ``i`` to 0 and action ``D + i`` sets it to
+    1 (site ``i`` must be unset); stop (action ``2D``) only when every site is set. Backward action
+    ``a`` unsets the site that ``a`` set (torchgfn's layout). With spins
+    :math:`\sigma_i = 2 x_i - 1` and the lattice bonds :math:`\langle ij \rangle` (each unordered
+    pair of nearest neighbours once; wrap-around bonds if ``periodic``),
+
+    .. math::
+
+        E(x) = -J \sum_{\langle ij \rangle} \sigma_i \sigma_j, \qquad \log R(x) = -\beta E(x),
+
+    so for :math:`J > 0` (ferromagnetic) aligned spins have the highest reward and the two ground
+    states (all 0, all 1) are the modes. Incomplete states have :math:`\log R = -\infty`.
+
+    Conventions vs torchgfn: ``DiscreteEBM(alpha)`` with ``IsingModel(c * A)`` (``A`` the 0/1
+    adjacency, :attr:`adjacency`) has :math:`\log R = \alpha\,\sigma^\top (cA) \sigma
+    = 2 \alpha c \sum_{\langle ij\rangle} \sigma_i\sigma_j`, which is ``Ising(J=c, beta=2 * alpha)``
+    here (the same factor 2 relates Zhang et al.'s :math:`x^\top J x` to this bond sum). The default
+    ``beta = 0.44`` is near the critical coupling :math:`\ln(1+\sqrt2)/2` of the infinite lattice;
+    torchgfn's ``train_ising.py`` default ``J=0.44`` corresponds to ``beta * J = 0.88``. On a
+    ``side = 2`` torus the wrap-around bonds coincide with the open ones and are not doubled (as in
+    torchgfn's ``make_J``). :meth:`obs` is one-hot per site (unset/0/1, ``obs_dim = 3D``) where
+    torchgfn feeds the raw states; :meth:`true_distribution` lives on all :math:`3^D` states (0 on
+    incomplete ones) where torchgfn's ``true_dist`` lists the :math:`2^D` terminal states.
+
+    Args:
+        side: lattice side (``>= 2``); :math:`3^{D}` states are enumerated (``side = 3``: 19683).
+        J: coupling (``> 0`` ferromagnetic, ``< 0`` antiferromagnetic).
+        beta: inverse temperature.
+        periodic: wrap-around (torus) bonds.
+
+    Attributes:
+        adjacency: ``(D, D)`` float64 symmetric 0/1 bond matrix :math:`A` (sites row-major).
+        n_bonds: number of bonds, :math:`\tfrac12 \sum_{ij} A_{ij}`.
+
+    Example:
+        >>> env = Ising(side=3, J=1.0, beta=0.44)
+        >>> env.n_states, env.n_actions, env.n_bonds
+        (19683, 19, 18)
+        >>> up = torch.ones(1, 9, dtype=torch.long)
+        >>> env.energy(up).tolist(), round(env.log_reward(up, torch.float64).item(), 2)
+        ([-18.0], 7.92)
+        >>> s = env.step(env.s0[None], torch.tensor([9 + 4]))     # site 4 := 1
+        >>> s.tolist()[0], env.mode_id(torch.zeros(1, 9, dtype=torch.long)).tolist(), env.n_modes
+        ([-1, -1, -1, -1, 1, -1, -1, -1, -1], [0], 2)
+    """
+
+    def __init__(self, side: int = 3, J: float = 1.0, beta: float = 0.44, periodic: bool = True) -> None:
+        if not isinstance(side, int) or side < 2:
+            raise ValueError(f"Ising needs an integer side >= 2 (a side x side lattice); got side={side!r}")
+        if not (math.isfinite(J) and math.isfinite(beta)):
+            raise ValueError(f"Ising needs finite J and beta; got J={J}, beta={beta}")
+        self.side, self.J, self.beta, self.periodic = side, float(J), float(beta), bool(periodic)
+        self.ndim = side * side
+        self._init_slots(self.ndim, 2, value_major=True)
+        idx = torch.arange(self.ndim).reshape(side, side)
+        adj = torch.zeros(self.ndim, self.ndim, dtype=torch.float64)
+        for shift in ((0, 1), (1, 0)):  # right and down neighbours
+            nb = torch.roll(idx, shifts=(-shift[0], -shift[1]), dims=(0, 1))
+            keep = torch.ones(side, side, dtype=torch.bool)
+            if not self.periodic:  # drop the wrap-around bonds
+                if shift[1]:
+                    keep[:, -1] = False
+                else:
+                    keep[-1, :] = False
+            adj[idx[keep], nb[keep]] = 1.0
+        self.adjacency = ((adj + adj.T) > 0).to(torch.float64)  # symmetric 0/1, bonds deduplicated
+        self.n_bonds = int(self.adjacency.sum()) // 2
+        self._modes: Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"Ising(side={self.side}, J={self.J}, beta={self.beta}, periodic={self.periodic})"
+
+    def energy(self, states: Tensor) -> Tensor:
+        """``(B,)`` float64 :math:`E = -J \\sum_{\\langle ij\\rangle} \\sigma_i\\sigma_j` of complete states."""
+        sigma = (2 * states - 1).to(torch.float64)
+        adj = self.adjacency.to(states.device)
+        return -0.5 * self.J * ((sigma @ adj) * sigma).sum(1)
+
+    def log_reward(self, states: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """``(B,)`` :math:`-\\beta E(x)` for complete states, ``-inf`` otherwise."""
+        dtype = dtype or torch.get_default_dtype()
+        lr = -self.beta * self.energy(states)
+        full = (states >= 0).all(1)
+        return torch.where(full, lr, torch.full_like(lr, float("-inf"))).to(dtype)
+
+    @property
+    def modes(self) -> Tensor:
+        """``(M, D)`` the ground states (minimum energy): all 0 and all 1 for :math:`J > 0`; found by
+        enumerating the :math:`2^D` configurations otherwise (``D <= 20``)."""
+        if self._modes is None:
+            if self.J > 0:
+                self._modes = torch.stack([torch.zeros(self.ndim), torch.ones(self.ndim)]).long()
+            else:
+                if self.ndim > 20:
+                    raise ValueError(
+                        f"Ising.modes with J <= 0 enumerates 2^D configurations; D={self.ndim} > 20"
+                    )
+                grids = torch.meshgrid(*[torch.arange(2)] * self.ndim, indexing="ij")
+                x = torch.stack([g.reshape(-1) for g in grids], dim=1)
+                e = self.energy(x)
+                self._modes = x[e <= e.min() + 1e-9]
+        return self._modes
+
+    def mode_id(self, states: Tensor) -> Tensor:
+        """``(B,)`` index into :attr:`modes` of a ground state, else -1."""
+        m = self.modes.to(states.device)
+        eq = (states[:, None, :] == m[None]).all(-1)
+        return torch.where(eq.any(1), eq.long().argmax(1), -1)
+
+    @property
+    def n_modes(self) -> int:
+        """Number of ground states (2 for :math:`J > 0`)."""
+        return int(self.modes.shape[0])

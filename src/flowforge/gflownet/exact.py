@@ -96,7 +96,7 @@ def terminal_distribution(policy: Any, env: Any) -> Tensor:
 def exact_flows(env: Any, backward_log_probs: LogProbs | None = None) -> tuple[Tensor, Tensor]:
     r"""The unique flow consistent with a fixed :math:`P_B` (uniform by default), float64.
 
-    In reverse topological order :math:`F(s) = R(s) + \sum_{s \to s'} F(s') P_B(s|s')`; then
+    In reverse topological order :math:`F(s) = R(s)\mathbb 1[\text{stop allowed}] + \sum_{s \to s'} F(s') P_B(s|s')`; then
     :math:`P_F(s'|s) = F(s') P_B(s|s') / F(s)`, :math:`P_F(\text{stop}|s) = R(s)/F(s)` and
     :math:`F(s_0) = Z`. With these, TB, DB and SubTB residuals are all zero.
 
@@ -107,7 +107,8 @@ def exact_flows(env: Any, backward_log_probs: LogProbs | None = None) -> tuple[T
     log_pb_fn = backward_log_probs or _uniform_pb(env)
     states, level = _levels(env)
     n, stop = states.shape[0], env.n_actions - 1
-    reward = env.log_reward(states, torch.float64).exp()
+    # the stop edge carries R(s) only where stopping is allowed (partial objects may have a reward too)
+    reward = torch.where(env.forward_mask(states)[:, stop], env.log_reward(states, torch.float64).exp(), 0.0)
     flow = torch.zeros(n, dtype=torch.float64)
     child_contrib = torch.full((n, env.n_actions), float("-inf"), dtype=torch.float64)
     child_contrib[:, stop] = reward.log()

@@ -146,6 +146,16 @@ def _check_out(logits: Tensor, mask: Tensor, what: str) -> None:
         )
 
 
+def _check_mask(mask: Tensor, n: int, which: str) -> None:
+    """A clear error for an environment whose ``forward_mask`` / ``backward_mask`` has the wrong layout."""
+    if mask.ndim != 2 or mask.shape[-1] != n or mask.dtype != torch.bool:
+        what = "n_actions, stop last" if which == "forward" else "n_actions - 1, no stop column"
+        raise ValueError(
+            f"env.{which}_mask returned a {tuple(mask.shape)} {mask.dtype} tensor; it must be a (B, {n}) "
+            f"bool tensor ({what})"
+        )
+
+
 def _masked_log_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     """Log-softmax over allowed entries; disallowed ones are ``-inf``. Rows with no allowed entry
     are computed as if all were allowed (finite, so no NaN gradient), and must be masked by the caller."""
@@ -165,7 +175,10 @@ class Trajectories:
         terminal: ``(B, ndim)`` the terminal states :math:`x`.
         log_pf: ``(T, B)`` :math:`\\log P_F(a_t | s_t)` of the *unexplored* policy (0 when not valid).
         log_pb: ``(T, B)`` :math:`\\log P_B(s_t | s_{t+1})`; 0 for stop and padding.
-        log_reward: ``(B,)`` :math:`\\log R(x)`.
+        log_reward: ``(B,)`` :math:`\\log R(x)` (for an incomplete trajectory: of its last state).
+        complete: ``(B,)`` bool, True where the trajectory ends with its stop action; ``None`` means
+            all complete. Incomplete trajectories (:meth:`GFlowNet.truncate`) train only objectives
+            that need no terminal reward: forward-looking DB/SubTB (and plain DB/SubTB on the moves).
     """
 
     states: Tensor
@@ -176,6 +189,14 @@ class Trajectories:
     log_pf: Tensor
     log_pb: Tensor
     log_reward: Tensor
+    complete: Tensor | None = None
+
+    @property
+    def is_complete(self) -> Tensor:
+        """``(B,)`` bool: :attr:`complete`, all True when it is ``None``."""
+        if self.complete is None:
+            return torch.ones_like(self.lengths, dtype=torch.bool)
+        return self.complete
 
 
 class GFlowNet(nn.Module):
@@ -253,11 +274,13 @@ class GFlowNet(nn.Module):
     def forward_log_probs(self, states: Tensor) -> Tensor:
         """``(B, n_actions)`` masked :math:`\\log P_F(\\cdot | s)` (``-inf`` where not allowed)."""
         mask = self.env.forward_mask(states)
+        _check_mask(mask, self.env.n_actions, "forward")
         return _masked_log_softmax(self.forward_logits(states, mask), mask)
 
     def backward_log_probs(self, states: Tensor) -> Tensor:
         """``(B, n_actions - 1)`` masked :math:`\\log P_B(\\cdot | s')` (``-inf`` where not allowed)."""
         mask = self.env.backward_mask(states)
+        _check_mask(mask, self.env.n_actions - 1, "backward")
         if self.pb is None:
             logits = torch.zeros(mask.shape, dtype=self._dtype, device=states.device)
         else:
@@ -300,6 +323,7 @@ class GFlowNet(nn.Module):
         delta_fn = getattr(env, "_step_delta", None)  # optional: moves as displacements (no checks)
         delta = delta_fn().to(dev, S.dtype) if delta_fn is not None else None
         obs_fn = env.obs
+        _check_mask(env.forward_mask(S[0]), env.n_actions, "forward")
         plain_logits = type(self).forward_logits is GFlowNet.forward_logits
         pf = self.pf
         leaves = _plain_leaves(pf) if plain_logits else None
@@ -399,16 +423,20 @@ class GFlowNet(nn.Module):
         valid = actions >= 0
         move = valid & (actions != stop)
         lengths = valid.sum(0)
-        terminal = states[lengths - 1, torch.arange(n, device=states.device)]
+        ar = torch.arange(n, device=states.device)
+        terminal = states[lengths, ar]  # after a stop the state repeats; else the last state reached
+        complete = actions[(lengths - 1).clamp(min=0), ar] == stop
         fast_reward = getattr(env, "_log_reward_fast", None) if rollout else None
         log_reward = (fast_reward or env.log_reward)(terminal, self._dtype)
         # every move must be followed by a valid action (the trajectory ends with stop)
         if not rollout and (T == 0 or bool(move[-1].any()) or bool((move[:-1] & ~valid[1:]).any())):
-            return self._trajectories_from_actions_padded(states, actions, log_reward)
+            return self._trajectories_from_actions_padded(states, actions, log_reward, complete)
         vflat = valid.reshape(-1)
         rows = vflat.nonzero().squeeze(1)  # (N,) in (t, b) order
         X = states[:-1].reshape(T * n, -1)[rows]
         fmask, bmask = env.forward_mask(X), env.backward_mask(X)
+        _check_mask(fmask, env.n_actions, "forward")
+        _check_mask(bmask, env.n_actions - 1, "backward")
         flog, blog = self._policy_logits(X, fmask, bmask)
         a = actions.reshape(-1)[rows]
         lpf_rows = _masked_log_softmax(flog, fmask).gather(1, a[:, None]).squeeze(1)
@@ -429,10 +457,11 @@ class GFlowNet(nn.Module):
             log_pf=lpf,
             log_pb=lpb,
             log_reward=log_reward,
+            complete=complete,
         )
 
     def _trajectories_from_actions_padded(
-        self, states: Tensor, actions: Tensor, log_reward: Tensor
+        self, states: Tensor, actions: Tensor, log_reward: Tensor, complete: Tensor
     ) -> Trajectories:
         env = self.env
         T, n = actions.shape
@@ -447,7 +476,7 @@ class GFlowNet(nn.Module):
         lpb = lpb.gather(2, actions.clamp(0, stop - 1)[..., None]).squeeze(2)
         lpb = torch.where(move, lpb, lpb.new_zeros(()))
         lengths = valid.sum(0)
-        terminal = states[lengths - 1, torch.arange(n, device=states.device)]
+        terminal = states[lengths, torch.arange(n, device=states.device)]
         return Trajectories(
             states=states,
             actions=actions,
@@ -457,6 +486,38 @@ class GFlowNet(nn.Module):
             log_pf=lpf,
             log_pb=lpb,
             log_reward=log_reward,
+            complete=complete,
+        )
+
+    def truncate(self, tr: Trajectories, keep: Tensor) -> Trajectories:
+        """The first ``keep[b]`` actions of each trajectory, ``keep`` ``(B,)`` in ``[1, lengths]``.
+
+        A trajectory cut before its stop action is *incomplete*: its terminal reward is not used
+        (``log_reward`` is that of its last state). Forward-looking DB/SubTB learn from such data
+        (Pan et al. 2023, "Better Training of GFlowNets with Local Credit and Incomplete Trajectories").
+        """
+        keep = keep.to(tr.lengths.device).long()
+        if keep.shape != tr.lengths.shape or bool(((keep < 1) | (keep > tr.lengths)).any()):
+            raise ValueError(f"keep must be a ({tr.lengths.numel()},) tensor with 1 <= keep <= lengths")
+        T1, n = tr.states.shape[:2]
+        ar = torch.arange(n, device=keep.device)
+        k = torch.arange(T1, device=keep.device)[:, None]
+        states = tr.states[torch.minimum(k, keep[None]), ar[None].expand(T1, n)]
+        valid = k[:-1] < keep[None]
+        zero = tr.log_pf.new_zeros(())
+        complete = tr.is_complete & (keep == tr.lengths)
+        terminal = states[keep, ar]
+        log_reward = torch.where(complete, tr.log_reward, self.env.log_reward(terminal, tr.log_reward.dtype))
+        return Trajectories(
+            states=states,
+            actions=torch.where(valid, tr.actions, torch.full_like(tr.actions, -1)),
+            valid=valid,
+            lengths=keep,
+            terminal=terminal,
+            log_pf=torch.where(valid, tr.log_pf, zero),
+            log_pb=torch.where(valid, tr.log_pb, zero),
+            log_reward=log_reward,
+            complete=complete,
         )
 
     def sample_backward(self, terminal: Tensor, generator: torch.Generator | None = None) -> Trajectories:
@@ -511,6 +572,10 @@ class GFlowNet(nn.Module):
         """Scalar loss on a batch of trajectories."""
         raise NotImplementedError
 
+    def _on_policy(self, tr: Trajectories, generator: torch.Generator | None) -> Trajectories:
+        """Hook on each on-policy batch before the objective (default: unchanged)."""
+        return tr
+
     def loss(self, batch: Any) -> Tensor:
         """The trainer's entry point: ``batch`` is a :class:`~flowforge.train.BatchRequest`
         (``size``, ``generator``, ``device``; anything with those fields) or a :class:`Trajectories`.
@@ -527,6 +592,7 @@ class GFlowNet(nn.Module):
         tr = self.sample(n_on, generator=batch.generator, epsilon=self.epsilon, temperature=self.temperature)
         if buf is not None:
             buf.add(tr.terminal.detach(), tr.log_reward.detach())
+        tr = self._on_policy(tr, batch.generator)
         if n_rep == 0:
             return self.objective(tr)
         rep = self.sample_backward(buf.sample(n_rep, generator=batch.generator), generator=batch.generator)
@@ -603,14 +669,40 @@ class TrajectoryBalance(GFlowNet):
 
     def residuals(self, tr: Trajectories) -> Tensor:
         """``(B,)`` :math:`\\log Z + \\sum \\log P_F - \\log R - \\sum \\log P_B`."""
+        _require_complete(tr, "trajectory balance")
         return self.log_z + tr.log_pf.sum(0) - tr.log_pb.sum(0) - tr.log_reward
 
     def objective(self, tr: Trajectories) -> Tensor:
         return self.residuals(tr).pow(2).mean()
 
 
+def _require_complete(tr: Trajectories, what: str) -> None:
+    if tr.complete is not None and not bool(tr.complete.all()):
+        raise ValueError(
+            f"{what} needs complete trajectories (ending with the stop action); incomplete ones train "
+            "DetailedBalance / SubTrajectoryBalance with forward_looking=True"
+        )
+
+
 class _FlowGFlowNet(GFlowNet):
-    """A GFlowNet with a state-flow head :math:`\\log F(s)` (``logf`` net, obs -> 1)."""
+    r"""A GFlowNet with a state-flow head (``logf`` net, obs -> 1), optionally *forward-looking*.
+
+    Forward-looking (FL-GFN; Pan et al. 2023, "Better Training of GFlowNets with Local Credit and
+    Incomplete Trajectories", ICML): with an energy :math:`\mathcal E` defined on every state and
+    :math:`R(x) = e^{-\mathcal E(x)}`, the flow is :math:`\log F(s) = \log \tilde F(s) - \mathcal E(s)`
+    where the network gives :math:`\log \tilde F`; here :math:`-\mathcal E(s)` is ``env.log_reward(s)``,
+    which must then be finite on every state. The stop edge keeps :math:`\log R(x)`, so the terminal
+    boundary :math:`\tilde F(x) P_F(\text{stop}|x) = 1` is enforced by the loss itself; where stop is
+    the only allowed action it reads :math:`\tilde F(x) = 1` and is built in (:math:`\log\tilde F = 0`
+    there). Every residual is local, so incomplete trajectories (:meth:`GFlowNet.truncate`) are valid
+    training data.
+
+    Args:
+        logf: state-flow net ``(B, obs_dim) -> (B, 1)``; default :class:`PolicyMLP`.
+        forward_looking: use the FL parameterisation above.
+        incomplete: fraction of each on-policy batch cut at a uniform random move before its stop
+            (:meth:`GFlowNet.truncate`), to train from incomplete trajectories.
+    """
 
     def __init__(
         self,
@@ -619,16 +711,36 @@ class _FlowGFlowNet(GFlowNet):
         pb: nn.Module | None = None,
         *,
         logf: nn.Module | None = None,
+        forward_looking: bool = False,
+        incomplete: float = 0.0,
         width: int = 256,
         depth: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(env, pf, pb, width=width, depth=depth, **kwargs)
+        if not 0.0 <= incomplete <= 1.0:
+            raise ValueError(f"incomplete must be a fraction in [0, 1]; got {incomplete}")
         self.logf = logf if logf is not None else PolicyMLP(env.obs_dim, 1, width, depth)
+        self.forward_looking, self.incomplete = bool(forward_looking), float(incomplete)
 
     def log_flow(self, states: Tensor) -> Tensor:
-        """``(B,)`` :math:`\\log F(s)`."""
-        return _apply(self.logf, self._obs(states)).reshape(-1)
+        """``(B,)`` :math:`\\log F(s)` (forward-looking: :math:`\\log \\tilde F(s) + \\log R(s)`)."""
+        lf = _apply(self.logf, self._obs(states)).reshape(-1)
+        if not self.forward_looking:
+            return lf
+        # the boundary F~(x) P_F(stop|x) = 1 pins log F~(x) = 0 where stop is the only action: no reward
+        # is needed for it, so incomplete trajectories that reach such x still see the boundary
+        only_stop = ~self.env.forward_mask(states)[:, :-1].any(1)
+        return torch.where(only_stop, lf.new_zeros(()), lf) + self._state_log_reward(states)
+
+    def _state_log_reward(self, states: Tensor) -> Tensor:
+        lr = self.env.log_reward(states, self._dtype)
+        if not bool(lr.isfinite().all()):
+            raise ValueError(
+                f"forward_looking needs env.log_reward finite on every state (an energy of partial objects); "
+                f"{self.env!r} gives -inf/nan on some intermediate states. Use forward_looking=False"
+            )
+        return lr
 
     @property
     def log_z(self) -> Tensor:
@@ -636,11 +748,24 @@ class _FlowGFlowNet(GFlowNet):
         return self.log_flow(self.env.s0.to(self._device)[None])[0]
 
     def _phi(self, tr: Trajectories) -> Tensor:
-        """``(T + 1, B)``: :math:`\\log F(s_k)` for ``k < length``, :math:`\\log R(x)` at ``k = length``."""
+        """``(T + 1, B)``: :math:`\\log F(s_k)` for ``k < length``, :math:`\\log R(x)` at ``k = length``
+        of a complete trajectory (an incomplete one ends at :math:`\\log F` of its last state)."""
         T1, B, _ = tr.states.shape
         lf = self.log_flow(tr.states.reshape(T1 * B, -1)).reshape(T1, B)
         k = torch.arange(T1, device=lf.device)[:, None]
-        return torch.where(k == tr.lengths[None], tr.log_reward[None], lf)
+        sink = (k == tr.lengths[None]) & tr.is_complete[None]
+        return torch.where(sink, tr.log_reward[None], lf)
+
+    def _on_policy(self, tr: Trajectories, generator: torch.Generator | None) -> Trajectories:
+        """Cut a fraction ``incomplete`` of the batch at a uniform random move before its stop."""
+        if self.incomplete == 0.0:
+            return tr
+        g_dev = generator.device if generator is not None else tr.lengths.device
+        u = torch.rand(2, tr.lengths.numel(), generator=generator, device=g_dev).to(tr.lengths.device)
+        moves = tr.lengths - 1
+        keep = 1 + (u[0] * moves).long().clamp(max=(moves - 1).clamp(min=0))  # uniform in [1, moves]
+        cut = (u[1] < self.incomplete) & (moves > 0)
+        return self.truncate(tr, torch.where(cut, keep, tr.lengths))
 
 
 class DetailedBalance(_FlowGFlowNet):
@@ -648,7 +773,20 @@ class DetailedBalance(_FlowGFlowNet):
     per transition :math:`\big(\log F(s) + \log P_F(s'|s) - \log F(s') - \log P_B(s|s')\big)^2` and per
     stop :math:`\big(\log F(x) + \log P_F(\text{stop}|x) - \log R(x)\big)^2`, averaged over transitions.
 
-    Args: as :class:`GFlowNet`, plus ``logf``: state-flow net ``(B, obs_dim) -> (B, 1)``.
+    With ``forward_looking=True`` this is FL-DB (Pan et al. 2023): :math:`\log F = \log\tilde F + \log R(s)`,
+    i.e. per move :math:`\big(\log\tilde F(s) + \log P_F - \log\tilde F(s') - \log P_B + \mathcal E(s')
+    - \mathcal E(s)\big)^2` and, per stop, :math:`\big(\log\tilde F(x) + \log P_F(\text{stop}|x)\big)^2`.
+
+    Args: as :class:`GFlowNet`, plus ``logf`` (state-flow net ``(B, obs_dim) -> (B, 1)``),
+    ``forward_looking`` and ``incomplete`` (fraction of on-policy trajectories cut before their stop).
+
+    Example:
+        >>> from flowforge.gflownet import HyperGrid
+        >>> fl = DetailedBalance(HyperGrid(2, 4), width=8, depth=1, forward_looking=True, incomplete=0.5)
+        >>> tr = fl.sample(6, generator=torch.Generator().manual_seed(0))
+        >>> cut = fl.truncate(tr, (tr.lengths - 1).clamp(min=1))  # drop the stop actions
+        >>> bool(cut.is_complete.all()), fl.loss(cut).ndim
+        (False, 0)
     """
 
     def residuals(self, tr: Trajectories) -> Tensor:
@@ -671,6 +809,9 @@ class SubTrajectoryBalance(_FlowGFlowNet):
 
         r_{ij} = \Phi_i + \sum_{k=i}^{j-1} (\log P_F(a_k) - \log P_B(a_k)) - \Phi_j, \qquad
         \mathcal L = \frac1B \sum_b \frac{\sum_{i<j} \lambda^{j-i} r_{ij}^2}{\sum_{i<j} \lambda^{j-i}}.
+
+    ``forward_looking=True`` gives FL-SubTB (Pan et al. 2023): :math:`\Phi_k = \log\tilde F(s_k) + \log R(s_k)`,
+    still :math:`\Phi_L = \log R(x)` at the sink of a complete trajectory.
 
     Args: as :class:`DetailedBalance`, plus ``lamda`` :math:`\lambda` (default 0.9).
     """
@@ -828,6 +969,7 @@ class LogPartitionVariance(GFlowNet):
 
     def residuals(self, tr: Trajectories) -> Tensor:
         """``(B,)`` :math:`\\zeta = \\log R + \\sum \\log P_B - \\sum \\log P_F`."""
+        _require_complete(tr, "the log-partition variance loss")
         return tr.log_reward + tr.log_pb.sum(0) - tr.log_pf.sum(0)
 
     def objective(self, tr: Trajectories) -> Tensor:
