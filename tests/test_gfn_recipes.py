@@ -75,3 +75,57 @@ def test_bad_keys_and_metrics_are_one_line_errors(tb_run, capsys):
     assert "unknown key 'lamda'" in capsys.readouterr().err
     assert main(["eval", str(tb_run), "--metrics", "swd"]) == 2
     assert "valid metrics: l1, jsd, logz, modes" in capsys.readouterr().err
+
+
+def test_recipe_list_and_budgets():
+    for name in ("hypergrid-fldb", "bitseq-tb", "set-fldb"):
+        r = get_recipe(name)
+        assert r.kind == "gflownet" and r.defaults["batch_size"] == 16
+    assert get_recipe("hypergrid-fldb").defaults["steps"] * 16 == 32_000
+    s = get_recipe("set-fldb").defaults
+    assert (s["n_items"], s["set_size"], s["objective"], s["epsilon"], s["steps"]) == (
+        30,
+        20,
+        "fldb",
+        1.0,
+        10_000,
+    )
+
+
+def test_bitseq_tb_trains_and_evaluates_exactly(tmp_path, capsys):
+    out = tmp_path / "bits"
+    sets = "length=4 word=2 n_modes=2 width=32 depth=1 schedule=constant"
+    assert main(["train", "bitseq-tb", "--steps", "500", "--out", str(out), "--quiet", "--set", sets]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--metrics", "l1,jsd,logz,modes", "--n", "500"]) == 0
+    res = _json(capsys)
+    assert set(res) == {"l1_sum", "l1_mean", "jsd", "logz_error", "modes_found", "n_modes"}
+    assert res["n_modes"] == 2 and res["l1_sum"] < 0.4  # 16 strings; untrained 1.1, 450 steps ~0.1
+
+
+def test_set_fldb_trains_from_incomplete_trajectories_and_reports_top_k(tmp_path, capsys):
+    out = tmp_path / "set"
+    sets = "n_items=10 set_size=4 width=32 depth=1 incomplete=1 top_k=5"
+    assert main(["train", "set-fldb", "--steps", "30", "--out", str(out), "--quiet", "--set", sets]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "200"]) == 0
+    res = _json(capsys)
+    assert set(res) == {"mean_top_k_reward", "mean_reward", "logz_error"}
+    assert res["mean_top_k_reward"] >= res["mean_reward"] > 0
+    assert main(["train", "set-fldb", "--steps", "1", "--quiet", "--set", "ndim=3"]) == 2
+    assert "unknown key 'ndim'" in capsys.readouterr().err
+
+
+def test_objective_switch_and_clear_errors(tmp_path, capsys):
+    out = tmp_path / "fl"
+    sets = "objective=flsubtb height=5 width=16 depth=1"
+    assert (
+        main(["train", "hypergrid-fldb", "--steps", "10", "--out", str(out), "--quiet", "--set", sets]) == 0
+    )
+    assert main(["train", "hypergrid-fldb", "--steps", "1", "--quiet", "--set", "objective=nope"]) == 2
+    assert "unknown objective 'nope'" in capsys.readouterr().err
+    assert (
+        main(["train", "hypergrid-fldb", "--steps", "1", "--quiet", "--set", "objective=tb incomplete=0.5"])
+        == 2
+    )
+    assert "local residuals" in capsys.readouterr().err

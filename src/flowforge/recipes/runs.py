@@ -26,7 +26,7 @@ __all__ = ["METRICS", "train_recipe", "load_run", "DataSpaceGenerator", "evaluat
 METRICS: tuple[str, ...] = ("swd", "w2", "mmd", "energy", "nll")
 
 #: Training keys passed to the trainer rather than to the model.
-TRAIN_KEYS = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay")
+TRAIN_KEYS = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "schedule")
 
 
 def train_recipe(
