@@ -33,10 +33,24 @@ from flowforge.gflownet.losses import (
     TrajectoryBalance,
     shared_trunk_policies,
 )
+from flowforge.gflownet.multiobjective import (
+    OBJECTIVE_FUNCTIONS,
+    MultiObjectiveHyperGrid,
+    OrderPreservingTB,
+    dirichlet_preferences,
+    pareto_front,
+    pareto_share,
+)
 from flowforge.gflownet.replay import PrioritizedReplayBuffer, ReplayBuffer
 from flowforge.gflownet.sets import SetGeneration, TopKTracker, fl_gfn_energies
 
 __all__ = [
+    "OBJECTIVE_FUNCTIONS",
+    "MultiObjectiveHyperGrid",
+    "OrderPreservingTB",
+    "dirichlet_preferences",
+    "pareto_front",
+    "pareto_share",
     "BitSequence",
     "DetailedBalance",
     "Environment",
