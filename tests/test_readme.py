@@ -40,3 +40,21 @@ def test_readme_normalizing_tour_runs(tmp_path, monkeypatch):
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["imgs"].shape == (16, 1, 8, 8)
     assert 0 < namespace["w"].ess <= 1 and namespace["nll"] == namespace["nll"]
+
+
+def test_readme_gflownet_tour_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 3, "the README must keep its GFlowNet tour"
+    code = (
+        blocks[2]
+        .replace("steps=2_000", "steps=30")
+        .replace("steps=1_000", "steps=10")
+        .replace("steps=300", "steps=5")
+        .replace("height=64", "height=16")
+    )
+    assert code.count("steps=") == 3 and "steps=30" in code and "height=16" in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert namespace["x"].shape == (1_000, 30)
+    assert namespace["tb"].env.ndim == 4

@@ -137,7 +137,8 @@ def _make_source(data: Any, device: torch.device) -> Callable[[int, torch.Genera
         raise TypeError(
             f"data must be a Tensor (N, *event), a tuple of Tensors sharing N, a callable "
             f"data(batch_size, generator) -> batch, or None (model.loss then gets a BatchRequest); "
-            f"got {type(data).__name__}. For an environment or energy held by the model, pass data=None"
+            f"got {type(data).__name__}. For an environment or energy held by the model, pass data=None "
+            "(or the model's own env)"
         )
     n = tensors[0].shape[0] if tensors[0].ndim else 0
     if n == 0 or any(t.ndim == 0 or t.shape[0] != n for t in tensors):
@@ -483,6 +484,8 @@ class Trainer:
 
         self.model = model
         self.data = data
+        if data is not None and data is getattr(model, "env", None):  # ff.train(tb, env): the model samples
+            self.data = None
         self.steps = need_int("steps", steps, 1)
         self.out = None if out is None else Path(out)
         self.batch_size = need_int("batch_size", batch_size, 1)
@@ -519,7 +522,7 @@ class Trainer:
         self._config_json = _jsonable(config if config is not None else {}, "config")
         self.callback = callback
         self.device = None if device is None else torch.device(device)
-        _make_source(data, torch.device("cpu"))  # fail early on an unusable data argument
+        _make_source(self.data, torch.device("cpu"))  # fail early on an unusable data argument
 
         self.step = 0
         self.optimizer: torch.optim.Optimizer | None = None
