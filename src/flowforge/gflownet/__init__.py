@@ -41,10 +41,26 @@ from flowforge.gflownet.multiobjective import (
     pareto_front,
     pareto_share,
 )
+from flowforge.gflownet.outcome import (
+    AmortizedConversion,
+    OutcomeConditionedGFlowNet,
+    OutcomeFineTuning,
+    OutcomeGenerator,
+    distill_policy,
+    exact_conversion,
+    exact_log_z,
+)
 from flowforge.gflownet.replay import PrioritizedReplayBuffer, ReplayBuffer
 from flowforge.gflownet.sets import SetGeneration, TopKTracker, fl_gfn_energies
 
 __all__ = [
+    "AmortizedConversion",
+    "OutcomeConditionedGFlowNet",
+    "OutcomeFineTuning",
+    "OutcomeGenerator",
+    "distill_policy",
+    "exact_conversion",
+    "exact_log_z",
     "OBJECTIVE_FUNCTIONS",
     "MultiObjectiveHyperGrid",
     "OrderPreservingTB",
