@@ -214,5 +214,57 @@ def test_fl_db_learns_the_set_distribution_from_incomplete_trajectories_only():
     after = exact_metrics(fl, env)["l1_sum"]
     # no trajectory ever stopped (nor saw a terminal reward), yet the terminal distribution is learned
     assert after < 0.05 < 0.3 < before, (before, after)
-    plain = DetailedBalance(env, width=64, depth=2, incomplete=1.0, epsilon=0.2)  # without FL it cannot
-    assert exact_metrics(_train(plain, 300), env)["l1_sum"] > 0.3
+    with pytest.raises(ValueError, match="no reward would enter"):  # without FL it cannot: refused
+        DetailedBalance(env, width=64, depth=2, incomplete=1.0, epsilon=0.2)
+
+
+# -- input checks found in review -------------------------------------------------------------------
+
+
+def test_bad_exploration_lamda_and_incomplete_settings_are_clear_errors():
+    env = HyperGrid(2, 4)
+    for kw, msg in [
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"epsilon": -0.1}, "epsilon"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"incomplete": 1.0}, "no reward would enter"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            DetailedBalance(env, width=8, depth=1, **kw)
+    with pytest.raises(ValueError, match="lamda"):
+        SubTrajectoryBalance(env, width=8, depth=1, lamda=0.0)
+    tb = TrajectoryBalance(env, width=8, depth=1)
+    with pytest.raises(ValueError, match="temperature"):
+        tb.sample(3, temperature=-1.0)
+    # on the hypergrid a state may stop or move: with every stop cut, stopping is never learned
+    fl = DetailedBalance(env, width=8, depth=1, forward_looking=True, incomplete=1.0)
+    with pytest.raises(ValueError, match="may stop or move"):
+        fl.loss(SimpleNamespace(size=8, generator=gen(0), device="cpu"))
+
+
+def test_replay_ratio_rounding_to_the_whole_batch_keeps_one_on_policy_trajectory():
+    from flowforge.gflownet import ReplayBuffer
+
+    tb = TrajectoryBalance(HyperGrid(2, 4), width=8, depth=1, replay_buffer=ReplayBuffer(10), replay_ratio=0.9)
+    tb.loss(SimpleNamespace(size=4, generator=gen(0), device="cpu"))
+    assert torch.isfinite(tb.loss(SimpleNamespace(size=2, generator=gen(1), device="cpu")))
+
+
+def test_trajectory_inputs_are_checked():
+    bits = BitSequence(4, 2, modes=2)
+    tb = TrajectoryBalance(bits, width=8, depth=1)
+    with pytest.raises(ValueError, match="terminal states"):
+        tb.sample_backward(torch.tensor([[1, -1], [2, -1]]))  # prefixes cannot stop
+    tr = tb.sample(4, generator=gen(0))
+    with pytest.raises(ValueError, match="states must be"):
+        tb.trajectories_from_actions(tr.states[:-1], tr.actions)
+    bad = tr.actions.clone()
+    bad[0] = bits.stop_action  # stop at s0 is not allowed for bit strings
+    with pytest.raises(ValueError, match="forward_mask"):
+        tb.trajectories_from_actions(tr.states, bad)
+    # zero padding after the stop does not change the terminal state
+    padded = tr.states.clone()
+    k = torch.arange(padded.shape[0])[:, None]
+    padded[k > tr.lengths[None]] = 0
+    again = tb.trajectories_from_actions(padded, tr.actions)
+    assert torch.equal(again.terminal, tr.terminal) and torch.equal(again.log_reward, tr.log_reward)

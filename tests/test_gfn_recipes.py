@@ -129,3 +129,12 @@ def test_objective_switch_and_clear_errors(tmp_path, capsys):
         == 2
     )
     assert "local residuals" in capsys.readouterr().err
+
+
+def test_switching_env_or_objective_names_what_is_missing(capsys):
+    assert main(["train", "hypergrid-fldb", "--steps", "1", "--quiet", "--set", "env=bitseq"]) == 2
+    assert "env=bitseq needs the keys length" in capsys.readouterr().err
+    from flowforge.recipes.gflownet import build_gflownet
+
+    fm = build_gflownet({**get_recipe("hypergrid-tb").defaults, "objective": "fm", "width": 8, "depth": 1})
+    assert fm.pb is None  # flow matching needs no backward policy

@@ -156,6 +156,27 @@ def _check_mask(mask: Tensor, n: int, which: str) -> None:
         )
 
 
+def _check_layout(states: Tensor, actions: Tensor, n_actions: int) -> None:
+    if actions.ndim != 2 or actions.dtype != torch.long or states.ndim < 3:
+        raise ValueError(
+            f"trajectories need actions (T, B) long and states (T + 1, B, *state); got actions "
+            f"{tuple(actions.shape)} {actions.dtype}, states {tuple(states.shape)}"
+        )
+    if states.shape[:2] != (actions.shape[0] + 1, actions.shape[1]):
+        raise ValueError(
+            f"states must be (T + 1, B, ...) for actions (T, B) = {tuple(actions.shape)}; got {tuple(states.shape)}"
+        )
+    if bool(((actions < -1) | (actions >= n_actions)).any()):
+        raise ValueError(f"actions must lie in [0, {n_actions}) (or -1 after the stop)")
+
+
+def _check_exploration(epsilon: float, temperature: float) -> None:
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon is a mixing weight in [0, 1]; got {epsilon}")
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0 (1 = the plain policy); got {temperature}")
+
+
 def _masked_log_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     """Log-softmax over allowed entries; disallowed ones are ``-inf``. Rows with no allowed entry
     are computed as if all were allowed (finite, so no NaN gradient), and must be masked by the caller."""
@@ -251,6 +272,7 @@ class GFlowNet(nn.Module):
             if uniform_pb
             else (pb if pb is not None else PolicyMLP(env.obs_dim, env.n_actions - 1, width, depth))
         )
+        _check_exploration(epsilon, temperature)
         self.epsilon, self.temperature = epsilon, temperature
 
     @property
@@ -304,6 +326,7 @@ class GFlowNet(nn.Module):
         pass over all visited states (:meth:`trajectories_from_actions`), which gives the same values
         with gradients.
         """
+        _check_exploration(epsilon, temperature)
         states, actions = self._rollout(n, generator, epsilon, temperature)
         return self._score(states, actions, rollout=True)
 
@@ -419,13 +442,15 @@ class GFlowNet(nn.Module):
         check and may use the environment's ``_log_reward_fast`` for its (valid) terminal states."""
         env = self.env
         T, n = actions.shape
+        if not rollout:
+            _check_layout(states, actions, env.n_actions)
         stop = env.n_actions - 1
         valid = actions >= 0
         move = valid & (actions != stop)
         lengths = valid.sum(0)
         ar = torch.arange(n, device=states.device)
-        terminal = states[lengths, ar]  # after a stop the state repeats; else the last state reached
         complete = actions[(lengths - 1).clamp(min=0), ar] == stop
+        terminal = states[lengths - complete.long(), ar]  # the state a stop acts on, else the last one
         fast_reward = getattr(env, "_log_reward_fast", None) if rollout else None
         log_reward = (fast_reward or env.log_reward)(terminal, self._dtype)
         # every move must be followed by a valid action (the trajectory ends with stop)
@@ -439,6 +464,8 @@ class GFlowNet(nn.Module):
         _check_mask(bmask, env.n_actions - 1, "backward")
         flog, blog = self._policy_logits(X, fmask, bmask)
         a = actions.reshape(-1)[rows]
+        if not rollout and not bool(fmask.gather(1, a[:, None]).all()):
+            raise ValueError("trajectories_from_actions got an action outside env.forward_mask of its state")
         lpf_rows = _masked_log_softmax(flog, fmask).gather(1, a[:, None]).squeeze(1)
         lpb_rows = _masked_log_softmax(blog, bmask)
         rowid = (vflat.cumsum(0) - 1).reshape(T, n)
@@ -471,12 +498,14 @@ class GFlowNet(nn.Module):
         flat = states[:-1].reshape(T * n, -1)
         lpf = self.forward_log_probs(flat).reshape(T, n, -1)
         lpf = lpf.gather(2, actions.clamp(min=0)[..., None]).squeeze(2)
+        if bool((valid & lpf.isneginf()).any()):
+            raise ValueError("trajectories_from_actions got an action outside env.forward_mask of its state")
         lpf = torch.where(valid, lpf, lpf.new_zeros(()))
         lpb = self.backward_log_probs(states[1:].reshape(T * n, -1)).reshape(T, n, -1)
         lpb = lpb.gather(2, actions.clamp(0, stop - 1)[..., None]).squeeze(2)
         lpb = torch.where(move, lpb, lpb.new_zeros(()))
         lengths = valid.sum(0)
-        terminal = states[lengths, torch.arange(n, device=states.device)]
+        terminal = states[lengths - complete.long(), torch.arange(n, device=states.device)]
         return Trajectories(
             states=states,
             actions=actions,
@@ -529,8 +558,12 @@ class GFlowNet(nn.Module):
         ``TerminatingStateBuffer``).
         """
         env, dev = self.env, self._device
+        if terminal.ndim != 2 or terminal.shape[1:] != env.s0.shape:
+            raise ValueError(f"terminal states must be (B, {env.s0.numel()}); got {tuple(terminal.shape)}")
         n = terminal.shape[0]
         s = terminal.to(dev).long()
+        if not bool(env.forward_mask(s)[:, -1].all()):
+            raise ValueError("sample_backward needs terminal states (where env.forward_mask allows stop)")
         back, acts = [s], []
         s0 = env.s0.to(dev)
         at_s0 = (s == s0).all(1)
@@ -587,7 +620,11 @@ class GFlowNet(nn.Module):
         if isinstance(batch, Trajectories):
             return self.objective(batch)
         buf = self.replay_buffer
-        n_rep = round(self.replay_ratio * batch.size) if buf is not None and len(buf) > 0 else 0
+        n_rep = (
+            min(round(self.replay_ratio * batch.size), batch.size - 1)
+            if buf is not None and len(buf) > 0
+            else 0
+        )
         n_on = batch.size - n_rep
         tr = self.sample(n_on, generator=batch.generator, epsilon=self.epsilon, temperature=self.temperature)
         if buf is not None:
@@ -720,6 +757,11 @@ class _FlowGFlowNet(GFlowNet):
         super().__init__(env, pf, pb, width=width, depth=depth, **kwargs)
         if not 0.0 <= incomplete <= 1.0:
             raise ValueError(f"incomplete must be a fraction in [0, 1]; got {incomplete}")
+        if incomplete == 1.0 and not forward_looking:
+            raise ValueError(
+                "incomplete=1 cuts every stop, so no reward would enter the loss; use forward_looking=True "
+                "(rewards of partial objects) or incomplete < 1"
+            )
         self.logf = logf if logf is not None else PolicyMLP(env.obs_dim, 1, width, depth)
         self.forward_looking, self.incomplete = bool(forward_looking), float(incomplete)
 
@@ -765,7 +807,19 @@ class _FlowGFlowNet(GFlowNet):
         moves = tr.lengths - 1
         keep = 1 + (u[0] * moves).long().clamp(max=(moves - 1).clamp(min=0))  # uniform in [1, moves]
         cut = (u[1] < self.incomplete) & (moves > 0)
+        if self.incomplete == 1.0:
+            self._check_forced_stops(tr)
         return self.truncate(tr, torch.where(cut, keep, tr.lengths))
+
+    def _check_forced_stops(self, tr: Trajectories) -> None:
+        """With every trajectory cut, only stops that are the sole allowed action (F~ = 1 built in) are
+        learned; a state that may stop *or* move would keep an untrained stop probability."""
+        m = self.env.forward_mask(tr.states[:-1][tr.valid])
+        if bool((m[:, -1] & m[:, :-1].any(1)).any()):
+            raise ValueError(
+                f"incomplete=1 leaves untrained the stop probability of states that may stop or move "
+                f"({self.env!r} has them); use incomplete < 1 so that some trajectories keep their stop"
+            )
 
 
 class DetailedBalance(_FlowGFlowNet):
@@ -825,6 +879,8 @@ class SubTrajectoryBalance(_FlowGFlowNet):
         lamda: float = 0.9,
         **kwargs: Any,
     ) -> None:
+        if not lamda > 0:
+            raise ValueError(f"lamda weights sub-trajectories by lamda^length and must be > 0; got {lamda}")
         super().__init__(env, pf, pb, **kwargs)
         self.lamda = lamda
 

@@ -84,6 +84,12 @@ def complete_states(env: Any) -> Tensor:
 
 
 def _check_env(env: Any) -> None:
+    from flowforge.gflownet.envs import BitSequence
+
+    if not isinstance(env, BitSequence):  # prefix order is assumed (append-only: one path per outcome)
+        raise TypeError(
+            f"outcome-conditioned GFlowNets here need an append-only BitSequence; got {type(env).__name__}"
+        )
     for name in ("bits", "n_words", "vocab", "all_states", "state_index", "length"):
         if not hasattr(env, name):
             raise TypeError(
@@ -391,8 +397,9 @@ def exact_log_z(model: Any, log_reward: Tensor, outcomes: Tensor | None = None) 
     """:math:`\\log \\sum_y R(y) F(s_0|y)`, the converted flow at :math:`s_0` (the estimate of
     :math:`\\log Z`); ``log_reward`` ``(|Y|,)`` or ``(K, |Y|)`` -> scalar or ``(K,)``, float64."""
     env = model.env
-    y = complete_states(env) if outcomes is None else outcomes
-    s0 = env.s0[None].expand(y.shape[0], -1)
+    dev = next(model.parameters()).device
+    y = (complete_states(env) if outcomes is None else outcomes).to(dev)
+    s0 = env.s0.to(dev)[None].expand(y.shape[0], -1)
     lf = model.log_flow(s0, y).double().cpu()
     return torch.logsumexp(log_reward.to(torch.float64) + lf, dim=-1)
 

@@ -80,6 +80,15 @@ OBJECTIVES: dict[str, tuple[type[GFlowNet], tuple[str, ...], dict[str, Any]]] = 
 def make_env(config: dict[str, Any]) -> HyperGrid | BitSequence | SetGeneration:
     """The config's environment (``env``: ``hypergrid``, ``bitseq`` or ``set``)."""
     kind = config.get("env", "hypergrid")
+    need = {"hypergrid": _GRID, "bitseq": _BITSEQ, "set": _SET}.get(kind)
+    if need is None:
+        raise ValueError(f"unknown env {kind!r}; choose hypergrid, bitseq or set")
+    missing = [k for k in need if k not in config]
+    if missing:
+        raise ValueError(
+            f"env={kind} needs the keys {', '.join(missing)}, which this recipe does not have; "
+            f"start from the {kind}-* recipe instead (flowforge list)"
+        )
     if kind == "hypergrid":
         c = config
         return HyperGrid(int(c["ndim"]), int(c["height"]), float(c["r0"]), float(c["r1"]), float(c["r2"]))
@@ -93,7 +102,7 @@ def make_env(config: dict[str, Any]) -> HyperGrid | BitSequence | SetGeneration:
         )
     if kind == "set":
         return SetGeneration(int(config["n_items"]), int(config["set_size"]), seed=int(config["env_seed"]))
-    raise ValueError(f"unknown env {kind!r}; choose hypergrid, bitseq or set")
+    raise AssertionError(kind)  # pragma: no cover
 
 
 def build_gflownet(config: dict[str, Any]) -> GFlowNet:
@@ -104,7 +113,7 @@ def build_gflownet(config: dict[str, Any]) -> GFlowNet:
         raise ValueError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
     cls, extra, fixed = OBJECTIVES[name]
     width, depth = int(config["width"]), int(config["depth"])
-    uniform_pb = bool(config["uniform_pb"])
+    uniform_pb = bool(config["uniform_pb"]) or cls is FlowMatching  # FM needs no backward policy
     pf = pb = None
     if config["shared_trunk"] and depth > 0 and cls is not FlowMatching:
         pf, pb = shared_trunk_policies(env.obs_dim, env.n_actions, width, depth)

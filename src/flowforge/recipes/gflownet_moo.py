@@ -90,9 +90,9 @@ def build_moo_gflownet(config: dict[str, Any]) -> GFlowNet:
         "temperature": float(config["temperature"]),
     }
     if config["objective"] == "op":
-        return OrderPreservingTB(env, kl_weight=float(config["kl_weight"]), **common)
+        return OrderPreservingTB(env, kl_weight=float(config.get("kl_weight", 0.0)), **common)
     if config["objective"] == "tb":
-        return TrajectoryBalance(env, log_z_lr_scale=float(config["log_z_lr_scale"]), **common)
+        return TrajectoryBalance(env, log_z_lr_scale=float(config.get("log_z_lr_scale", 100.0)), **common)
     raise ValueError(f"unknown objective {config['objective']!r}; choose op, tb")
 
 
