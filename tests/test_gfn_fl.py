@@ -245,7 +245,9 @@ def test_bad_exploration_lamda_and_incomplete_settings_are_clear_errors():
 def test_replay_ratio_rounding_to_the_whole_batch_keeps_one_on_policy_trajectory():
     from flowforge.gflownet import ReplayBuffer
 
-    tb = TrajectoryBalance(HyperGrid(2, 4), width=8, depth=1, replay_buffer=ReplayBuffer(10), replay_ratio=0.9)
+    tb = TrajectoryBalance(
+        HyperGrid(2, 4), width=8, depth=1, replay_buffer=ReplayBuffer(10), replay_ratio=0.9
+    )
     tb.loss(SimpleNamespace(size=4, generator=gen(0), device="cpu"))
     assert torch.isfinite(tb.loss(SimpleNamespace(size=2, generator=gen(1), device="cpu")))
 
