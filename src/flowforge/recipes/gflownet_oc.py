@@ -16,7 +16,7 @@ Three stages, chosen with ``--set stage=...``:
 ``eval`` on ``finetune``/``scratch`` runs gives the exact metrics of the hypergrid recipes (``l1_sum``,
 ``l1_mean``, ``jsd``, ``logz_error``, ``modes_found``, ``n_modes``); metrics that do not apply to a
 stage are skipped. ``steps=0`` / ``batch_size=0`` mean the stage's default (pretrain 4,000 x 64;
-finetune 1,000 conversion + 1,000 TB steps of 16; scratch 2,000 x 16).
+finetune 2,000 conversion + 1,000 TB steps of 16; scratch 2,000 x 16).
 
 Example:
     >>> from flowforge.recipes import get_recipe
@@ -206,7 +206,7 @@ _DEFAULTS: dict[str, Any] = {
     "n_modes": 4,
     "beta": 3.0,
     "modes_seed": 1,
-    "convert_steps": 1000,
+    "convert_steps": 2000,  # benchmarks/RESULTS-gfn-oc.md: 2000 conversion + 1000 TB steps beat 1000 + 2000
     "tb_epsilon": 0.0,
     "log_z_lr_scale": 100.0,
     "eval_samples": 10_000,
