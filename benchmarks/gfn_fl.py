@@ -31,6 +31,8 @@ METHODS = {
     "fldb": dict(cls=DetailedBalance, forward_looking=True, epsilon=1.0),
     "db": dict(cls=DetailedBalance, forward_looking=False, epsilon=1.0),
     "fldb-incomplete": dict(cls=DetailedBalance, forward_looking=True, epsilon=1.0, incomplete=1.0),
+    # the FL-GFN reference code: no stop edge, free terminal flow (biased; see free_terminal_flow)
+    "fldb-ref": dict(cls=DetailedBalance, forward_looking=True, epsilon=1.0, free_terminal_flow=True),
     "tb": dict(cls=TrajectoryBalance, epsilon=0.0),
     "fldb-eps0.5": dict(cls=DetailedBalance, forward_looking=True, epsilon=0.5),
     "db-eps0.5": dict(cls=DetailedBalance, forward_looking=False, epsilon=0.5),

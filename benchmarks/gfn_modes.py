@@ -33,7 +33,9 @@ METHODS = {
 }
 
 
-def run(env: HyperGrid, method: str, steps: int, seed: int, every: int) -> tuple[list[int], dict, float]:
+def run(
+    env: HyperGrid, method: str, steps: int, seed: int, every: int, epsilon: float = 0.0
+) -> tuple[list[int], dict, float]:
     cls, kw = METHODS[method]
     torch.manual_seed(seed)
     pf, pb = shared_trunk_policies(env.obs_dim, env.n_actions, 256, 2)
@@ -44,7 +46,7 @@ def run(env: HyperGrid, method: str, steps: int, seed: int, every: int) -> tuple
     curve = []
     t0 = time.perf_counter()
     for i in range(steps):
-        tr = model.sample(16, generator=g)
+        tr = model.sample(16, generator=g, epsilon=epsilon)
         loss = model.objective(tr)
         opt.zero_grad()
         loss.backward()
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--epsilon", type=float, default=0.0, help="uniform exploration while training")
     args = ap.parse_args()
     torch.set_num_threads(1)
     env = HyperGrid(args.ndim, args.height, r0=args.r0)
@@ -72,7 +75,7 @@ def main() -> None:
     rows = []
     for m in args.methods.split(","):
         for s in range(args.seeds):
-            curve, final, sec = run(env, m, args.steps, s, args.every)
+            curve, final, sec = run(env, m, args.steps, s, args.every, args.epsilon)
             rows.append((m, s, curve, final))
             print(f"{m} seed {s}: {sec:.0f} s, modes {curve}, l1_sum {final['l1_sum']:.4f}", flush=True)
     ticks = [(i + 1) * args.every * 16 for i in range(args.steps // args.every)]

@@ -270,3 +270,18 @@ def test_trajectory_inputs_are_checked():
     padded[k > tr.lengths[None]] = 0
     again = tb.trajectories_from_actions(padded, tr.actions)
     assert torch.equal(again.terminal, tr.terminal) and torch.equal(again.log_reward, tr.log_reward)
+
+
+def test_free_terminal_flow_is_the_reference_code_variant():
+    env = small_set()
+    with pytest.raises(ValueError, match="forward_looking"):
+        DetailedBalance(env, width=8, depth=1, free_terminal_flow=True)
+    model = exact_model(env, set_decode, free_terminal_flow=True)
+    tr = model.sample(32, generator=gen(8))
+    view = model._training_view(tr)
+    assert torch.equal(view.lengths, tr.lengths - 1) and not bool(view.is_complete.any())  # no stop edges
+    assert float(model.loss(tr)) < 1e-20  # the exact flow (log F~ = 0 on full sets) is still a solution
+    with torch.no_grad():  # but the terminal flow is no longer pinned: shifting it is seen by the last move
+        lvl = env.level(env.all_states())
+        model.logf.table[lvl == env.set_size] += 0.3
+    assert float(model.loss(tr)) > 1e-4

@@ -739,6 +739,11 @@ class _FlowGFlowNet(GFlowNet):
         forward_looking: use the FL parameterisation above.
         incomplete: fraction of each on-policy batch cut at a uniform random move before its stop
             (:meth:`GFlowNet.truncate`), to train from incomplete trajectories.
+        free_terminal_flow: the FL-GFN reference code's variant (``set/gflownet.py``): no stop residual
+            and :math:`\log\tilde F(x)` a free network output on terminal states. The boundary is then
+            not enforced and the sampler is :math:`\propto \tilde F(x) R(x)`: biased (on the set task
+            10x the exact L1 of the default), but a flatter, more exploratory sampler with a higher
+            top-k reward there (BENCHMARKS.md 11.3). Needs ``forward_looking``.
     """
 
     def __init__(
@@ -750,6 +755,7 @@ class _FlowGFlowNet(GFlowNet):
         logf: nn.Module | None = None,
         forward_looking: bool = False,
         incomplete: float = 0.0,
+        free_terminal_flow: bool = False,
         width: int = 256,
         depth: int = 2,
         **kwargs: Any,
@@ -762,14 +768,21 @@ class _FlowGFlowNet(GFlowNet):
                 "incomplete=1 cuts every stop, so no reward would enter the loss; use forward_looking=True "
                 "(rewards of partial objects) or incomplete < 1"
             )
+        if free_terminal_flow and not forward_looking:
+            raise ValueError(
+                "free_terminal_flow is a variant of forward-looking losses; set forward_looking=True"
+            )
         self.logf = logf if logf is not None else PolicyMLP(env.obs_dim, 1, width, depth)
         self.forward_looking, self.incomplete = bool(forward_looking), float(incomplete)
+        self.free_terminal_flow = bool(free_terminal_flow)
 
     def log_flow(self, states: Tensor) -> Tensor:
         """``(B,)`` :math:`\\log F(s)` (forward-looking: :math:`\\log \\tilde F(s) + \\log R(s)`)."""
         lf = _apply(self.logf, self._obs(states)).reshape(-1)
         if not self.forward_looking:
             return lf
+        if self.free_terminal_flow:
+            return lf + self._state_log_reward(states)
         # the boundary F~(x) P_F(stop|x) = 1 pins log F~(x) = 0 where stop is the only action: no reward
         # is needed for it, so incomplete trajectories that reach such x still see the boundary
         only_stop = ~self.env.forward_mask(states)[:, :-1].any(1)
@@ -788,6 +801,12 @@ class _FlowGFlowNet(GFlowNet):
     def log_z(self) -> Tensor:
         """:math:`\\log F(s_0)`."""
         return self.log_flow(self.env.s0.to(self._device)[None])[0]
+
+    def _training_view(self, tr: Trajectories) -> Trajectories:
+        """``tr`` without its stop actions under ``free_terminal_flow``, else unchanged."""
+        if not self.free_terminal_flow:
+            return tr
+        return self.truncate(tr, (tr.lengths - tr.is_complete.long()).clamp(min=1))
 
     def _phi(self, tr: Trajectories) -> Tensor:
         """``(T + 1, B)``: :math:`\\log F(s_k)` for ``k < length``, :math:`\\log R(x)` at ``k = length``
@@ -850,6 +869,7 @@ class DetailedBalance(_FlowGFlowNet):
         return torch.where(tr.valid, r, r.new_zeros(()))
 
     def objective(self, tr: Trajectories) -> Tensor:
+        tr = self._training_view(tr)
         return self.residuals(tr).pow(2).sum() / tr.valid.sum()
 
 
@@ -894,7 +914,7 @@ class SubTrajectoryBalance(_FlowGFlowNet):
         return r, mask
 
     def objective(self, tr: Trajectories) -> Tensor:
-        r, mask = self.residuals(tr)
+        r, mask = self.residuals(self._training_view(tr))
         k = torch.arange(r.shape[0], device=r.device, dtype=r.dtype)
         w = (self.lamda ** (k[None, :] - k[:, None]).clamp(min=0))[..., None] * mask
         per_traj = (w * r.pow(2)).sum((0, 1)) / w.sum((0, 1))

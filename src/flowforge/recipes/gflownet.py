@@ -9,7 +9,7 @@ and a budget of 32,000 trajectories (2,000 steps of 16). ``hypergrid-fldb`` is f
 towards 4 random modes. ``set-fldb`` is FL-GFN's set task (Pan et al. 2023): 20 of 30 items with an
 additive energy, forward-looking DB, uniform exploration (``epsilon=1``, the paper's setting for the small
 task), 10,000 steps of 16; ``--set incomplete=1`` trains only on trajectories cut before their stop.
-Every recipe takes ``--set objective=tb|db|subtb|fldb|flsubtb|fm|zvar``. The model makes its own batches,
+Every recipe takes ``--set objective=tb|db|subtb|fldb|flsubtb|fldb-ref|fm|zvar``. The model makes its own batches,
 so ``data`` returns ``None``.
 
 ``flowforge eval RUN`` needs no ``--data``. On enumerable environments the metrics are *exact*,
@@ -72,6 +72,8 @@ OBJECTIVES: dict[str, tuple[type[GFlowNet], tuple[str, ...], dict[str, Any]]] = 
     "subtb": (SubTrajectoryBalance, ("lamda", "incomplete"), {}),
     "fldb": (DetailedBalance, ("incomplete",), {"forward_looking": True}),
     "flsubtb": (SubTrajectoryBalance, ("lamda", "incomplete"), {"forward_looking": True}),
+    # FL-GFN's reference code (no stop edge, free terminal flow): biased, but more exploratory
+    "fldb-ref": (DetailedBalance, ("incomplete",), {"forward_looking": True, "free_terminal_flow": True}),
     "fm": (FlowMatching, (), {}),
     "zvar": (LogPartitionVariance, (), {}),
 }
