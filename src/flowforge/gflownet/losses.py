@@ -193,7 +193,7 @@ class Trajectories:
         actions: ``(T, B)`` long, ``-1`` after the stop action.
         valid: ``(T, B)`` bool, True for real actions (moves and the stop).
         lengths: ``(B,)`` number of actions including stop (``n + 1`` for ``n`` moves).
-        terminal: ``(B, ndim)`` the terminal states :math:`x`.
+        terminal: ``(B, ndim)`` the terminal states :math:`x` (of an incomplete trajectory: its last state).
         log_pf: ``(T, B)`` :math:`\\log P_F(a_t | s_t)` of the *unexplored* policy (0 when not valid).
         log_pb: ``(T, B)`` :math:`\\log P_B(s_t | s_{t+1})`; 0 for stop and padding.
         log_reward: ``(B,)`` :math:`\\log R(x)` (for an incomplete trajectory: of its last state).
