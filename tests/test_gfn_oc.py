@@ -171,7 +171,8 @@ def test_trained_conversion_against_exact_marginal():
     p_exact = terminal_distribution(lambda s: table[env.state_index(s)], env)
     assert float(l1_sum(p_exact, env.true_distribution())) < 0.15
     conv = AmortizedConversion(oc, env, width=64, depth=2)
-    assert not any(q.requires_grad for q in oc.parameters())
+    assert not any(q.requires_grad for q in conv.model.parameters())  # a frozen copy
+    assert all(q.requires_grad for q in oc.parameters())  # the caller's model is left trainable
     opt = torch.optim.Adam([q for q in conv.parameters() if q.requires_grad], lr=3e-3)
     for _ in range(300):
         loss = conv.loss(SimpleNamespace(size=16, generator=g))

@@ -78,7 +78,12 @@ __all__ = [
 
 
 def complete_states(env: Any) -> Tensor:
-    """``(|X|, ndim)`` the terminal states (the outcomes :math:`y`), in ``env.all_states()`` order."""
+    """``(|X|, ndim)`` the terminal states (the outcomes :math:`y`), in ``env.all_states()`` order
+    (enumerable spaces only: at most :math:`2^{20}` outcomes)."""
+    if getattr(env, "length", 0) > 20:
+        raise ValueError(
+            f"cannot enumerate the 2^{env.length} outcomes of {env!r}; pass outcomes=... (e.g. sample_outcomes(n))"
+        )
     s = env.all_states()
     return s[env.forward_mask(s)[:, -1]]
 
@@ -177,6 +182,13 @@ class OutcomeConditionedGFlowNet(nn.Module):
         if not 0.0 <= epsilon < 1.0:
             raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
         self.env = env
+        n_outcomes_log = env.length * math.log(2)
+        if log_floor > -n_outcomes_log:
+            cap = 1 / (1 + math.exp(log_floor) * (2**env.length - 1))
+            raise ValueError(
+                f"log_floor={log_floor} caps the outcome-reaching success at {cap:.3g} on 2^{env.length} outcomes "
+                f"(the floor's mass adds up over every other outcome); use log_floor <= {-n_outcomes_log - 10:.0f}"
+            )
         self.log_floor, self.epsilon, self.hindsight = float(log_floor), float(epsilon), bool(hindsight)
         self.net = PolicyMLP(env.obs_dim + env.length, env.n_actions + 1, width, depth)
 
@@ -503,9 +515,10 @@ class AmortizedConversion(nn.Module):
                 f"the downstream env ({env.length} bits, word {env.word}) must have the pre-trained "
                 f"model's length and word ({model.env.length}, {model.env.word})"
             )
-        self.env, self.model, self.epsilon = env, model, float(epsilon)
+        model = copy.deepcopy(model)  # a frozen copy: the caller's model can keep training
         for p in model.parameters():
             p.requires_grad_(False)
+        self.env, self.model, self.epsilon = env, model, float(epsilon)
         self.numerator = PolicyMLP(env.obs_dim, env.n_actions, width, depth)
         self.sampler = PolicyMLP(2 * env.obs_dim + env.n_actions, env.n_actions, width, depth)
 
