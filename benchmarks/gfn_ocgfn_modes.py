@@ -42,7 +42,7 @@ import torch
 
 from flowforge.gflownet.envs import BitSequence
 from flowforge.gflownet.losses import PolicyMLP, TrajectoryBalance
-from flowforge.gflownet.outcome import AmortizedConversion, OutcomeConditionedGFlowNet, _rollout
+from flowforge.gflownet.outcome import AmortizedConversion, OutcomeConditionedGFlowNet
 
 WIDTH, DEPTH, BS, LR = 128, 2, 16, 1e-3
 
@@ -80,21 +80,6 @@ class Discovery:
         }
 
 
-def conversion_step(conv: AmortizedConversion, n: int, g: torch.Generator):
-    """``conv.residuals(n, g)`` (same code, same random draws) that also returns the rollouts' terminal
-    strings and the outcomes y ~ Q, so discovery can be counted."""
-    env = conv.env
-    S, A = _rollout(env, lambda s, r: conv.forward_log_probs(s), n, g, conv.epsilon, conv._device)
-    move = (A >= 0) & (A != env.n_actions - 1)
-    lengths = (A >= 0).sum(0)
-    terminal = S[lengths - 1, torch.arange(n, device=S.device)]
-    s, a = S[:-1][move], A[move]
-    y_h = terminal[None].expand(A.shape[0], -1, -1)[move]
-    y, lq = conv.sample_outcomes(s, a, g)
-    res = torch.cat([conv._delta(s, a, y, lq), conv._delta(s, a, y_h, conv.log_q(s, a, y_h))])
-    return res, terminal, y
-
-
 def tb_phase(tb, env, disc: Discovery, traj: int, evals: int, total: int, checks, seed: int):
     opt = torch.optim.Adam(tb.parameters(), lr=LR)
     g = torch.Generator().manual_seed(1000 + seed)
@@ -121,7 +106,7 @@ def run_amortized(model, env, deltas, a, total, checks, seed) -> Discovery:
     disc = Discovery(env, deltas)
     traj = evals = 0
     for _ in range(a.convert_steps):
-        res, term, yq = conversion_step(conv, BS, g)
+        res, term, yq = conv.residuals_and_outcomes(BS, g)
         loss = res.pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -201,13 +186,6 @@ def main() -> None:
         f"success on 2,048 uniform outcomes: mean exact P(reach y) {sp:.4f}, sampled {sh:.4f}",
         flush=True,
     )
-
-    # -- check that conversion_step is conv.residuals ---------------------------------------------
-    envc = BitSequence(a.length, a.word, modes=a.modes, beta=a.beta, seed=1)
-    conv = AmortizedConversion(oc, envc, width=WIDTH, depth=DEPTH, epsilon=0.1)
-    r1 = conv.residuals(4, torch.Generator().manual_seed(5))
-    r2 = conversion_step(conv, 4, torch.Generator().manual_seed(5))[0]
-    assert torch.allclose(r1, r2), "conversion_step drifted from AmortizedConversion.residuals"
 
     # -- downstream rewards ----------------------------------------------------------------------
     rows = []  # (reward, method, seed, Discovery)

@@ -455,7 +455,28 @@ class GFlowNet(nn.Module):
         log_reward = (fast_reward or env.log_reward)(terminal, self._dtype)
         # every move must be followed by a valid action (the trajectory ends with stop)
         if not rollout and (T == 0 or bool(move[-1].any()) or bool((move[:-1] & ~valid[1:]).any())):
-            return self._trajectories_from_actions_padded(states, actions, log_reward, complete)
+            lpf, lpb = self._log_probs_padded(states, actions)
+        else:
+            lpf, lpb = self._log_probs_visited(states, actions, valid, move, rollout)
+        return Trajectories(
+            states=states,
+            actions=actions,
+            valid=valid,
+            lengths=lengths,
+            terminal=terminal,
+            log_pf=lpf,
+            log_pb=lpb,
+            log_reward=log_reward,
+            complete=complete,
+        )
+
+    def _log_probs_visited(
+        self, states: Tensor, actions: Tensor, valid: Tensor, move: Tensor, rollout: bool
+    ) -> tuple[Tensor, Tensor]:
+        """``(T, B)`` log P_F and log P_B from one network pass over the visited states only (every move
+        is followed by a valid action, so the P_B of a move reuses the row of the next state)."""
+        env = self.env
+        T, n = actions.shape
         vflat = valid.reshape(-1)
         rows = vflat.nonzero().squeeze(1)  # (N,) in (t, b) order
         X = states[:-1].reshape(T * n, -1)[rows]
@@ -475,21 +496,10 @@ class GFlowNet(nn.Module):
         zero = lpf_rows.new_zeros(T * n)
         lpf = zero.index_put((rows,), lpf_rows).reshape(T, n)
         lpb = zero.index_put((mt * n + mb,), lpb_m).reshape(T, n)
-        return Trajectories(
-            states=states,
-            actions=actions,
-            valid=valid,
-            lengths=lengths,
-            terminal=terminal,
-            log_pf=lpf,
-            log_pb=lpb,
-            log_reward=log_reward,
-            complete=complete,
-        )
+        return lpf, lpb
 
-    def _trajectories_from_actions_padded(
-        self, states: Tensor, actions: Tensor, log_reward: Tensor, complete: Tensor
-    ) -> Trajectories:
+    def _log_probs_padded(self, states: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(T, B)`` log P_F and log P_B evaluated on every padded position (any layout)."""
         env = self.env
         T, n = actions.shape
         stop = env.n_actions - 1
@@ -503,20 +513,7 @@ class GFlowNet(nn.Module):
         lpf = torch.where(valid, lpf, lpf.new_zeros(()))
         lpb = self.backward_log_probs(states[1:].reshape(T * n, -1)).reshape(T, n, -1)
         lpb = lpb.gather(2, actions.clamp(0, stop - 1)[..., None]).squeeze(2)
-        lpb = torch.where(move, lpb, lpb.new_zeros(()))
-        lengths = valid.sum(0)
-        terminal = states[lengths - complete.long(), torch.arange(n, device=states.device)]
-        return Trajectories(
-            states=states,
-            actions=actions,
-            valid=valid,
-            lengths=lengths,
-            terminal=terminal,
-            log_pf=lpf,
-            log_pb=lpb,
-            log_reward=log_reward,
-            complete=complete,
-        )
+        return lpf, torch.where(move, lpb, lpb.new_zeros(()))
 
     def truncate(self, tr: Trajectories, keep: Tensor) -> Trajectories:
         """The first ``keep[b]`` actions of each trajectory, ``keep`` ``(B,)`` in ``[1, lengths]``.

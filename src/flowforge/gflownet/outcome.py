@@ -594,6 +594,13 @@ class AmortizedConversion(nn.Module):
         :math:`\\pi`: first with :math:`y \\sim Q(\\cdot|s,a)` (on-policy, :math:`\\epsilon`-mixed),
         then with :math:`y` = the end point of the rollout through :math:`(s, a)` (hindsight,
         off-policy: an outcome known to be reachable from :math:`s'`)."""
+        return self.residuals_and_outcomes(n, generator)[0]
+
+    def residuals_and_outcomes(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`residuals`, the ``(n, n_words)`` rollout end points and the ``(M, n_words)`` outcomes
+        drawn from :math:`Q`: every string whose reward the step evaluated (for discovery counts)."""
         env = self.env
         S, A = _rollout(env, lambda s, r: self.forward_log_probs(s), n, generator, self.epsilon, self._device)
         move = (A >= 0) & (A != env.n_actions - 1)
@@ -602,7 +609,8 @@ class AmortizedConversion(nn.Module):
         s, a = S[:-1][move], A[move]
         y_h = terminal[None].expand(A.shape[0], -1, -1)[move]
         y, lq = self.sample_outcomes(s, a, generator)
-        return torch.cat([self._delta(s, a, y, lq), self._delta(s, a, y_h, self.log_q(s, a, y_h))])
+        res = torch.cat([self._delta(s, a, y, lq), self._delta(s, a, y_h, self.log_q(s, a, y_h))])
+        return res, terminal, y
 
     def loss(self, batch: Any) -> Tensor:
         """Mean squared :meth:`residuals` on ``batch.size`` rollouts (``batch``: ``size``, ``generator``)."""

@@ -58,6 +58,8 @@ from flowforge.recipes.registry import Recipe, register
 __all__ = [
     "OBJECTIVES",
     "build_gflownet",
+    "exact_outputs",
+    "sample_terminal",
     "make_env",
     "gflownet_data",
     "gflownet_evaluate",
@@ -151,6 +153,28 @@ def gflownet_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
     return torch.empty(0, int(make_env(config).s0.numel()), dtype=torch.long)
 
 
+def sample_terminal(model: Any, n: int, seed: int) -> Tensor:
+    """``(n, ndim)`` terminal states of a trained GFlowNet, drawn in chunks of 4096 with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return torch.cat([model.sample(min(4096, n - i), generator=g).terminal for i in range(0, n, 4096)])
+
+
+def exact_outputs(model: Any, env: Any, metrics: list[str]) -> dict[str, float]:
+    """The exact metrics asked for: ``l1`` -> ``l1_sum``, ``l1_mean``; ``jsd``; ``logz`` -> ``logz_error``."""
+    out: dict[str, float] = {}
+    if {"l1", "jsd"} & set(metrics):
+        m = exact_metrics(model, env)
+        if "l1" in metrics:
+            out["l1_sum"], out["l1_mean"] = m["l1_sum"], m["l1_mean"]
+        if "jsd" in metrics:
+            out["jsd"] = m["jsd"]
+    if "logz" in metrics:
+        with torch.no_grad():
+            out["logz_error"] = abs(float(model.log_z) - env.log_partition)
+    return out
+
+
 def gflownet_evaluate(
     run_dir: Path,
     config: dict[str, Any],
@@ -167,23 +191,9 @@ def gflownet_evaluate(
 
     model, _cfg = load_run(run_dir)
     env = model.env
-    out: dict[str, float] = {}
-    if {"l1", "jsd"} & set(metrics):
-        m = exact_metrics(model, env)
-        if "l1" in metrics:
-            out["l1_sum"], out["l1_mean"] = m["l1_sum"], m["l1_mean"]
-        if "jsd" in metrics:
-            out["jsd"] = m["jsd"]
-    if "logz" in metrics:
-        with torch.no_grad():
-            out["logz_error"] = abs(float(model.log_z) - env.log_partition)
+    out = exact_outputs(model, env, metrics)
     if {"modes", "topk"} & set(metrics):
-        n = n_samples or int(config["eval_samples"])
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            states = torch.cat(
-                [model.sample(min(4096, n - i), generator=g).terminal for i in range(0, n, 4096)]
-            )
+        states = sample_terminal(model, n_samples or int(config["eval_samples"]), seed)
         if "modes" in metrics:
             out["modes_found"] = modes_found(env, states)
             out["n_modes"] = env.n_modes

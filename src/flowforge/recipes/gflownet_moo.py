@@ -47,6 +47,7 @@ from flowforge.gflownet.multiobjective import (
     dirichlet_preferences,
     pareto_share,
 )
+from flowforge.recipes.gflownet import sample_terminal
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = ["build_moo_gflownet", "make_moo_env", "moo_data", "moo_evaluate", "moo_reference"]
@@ -122,10 +123,7 @@ def moo_evaluate(
 
     model, _cfg = load_run(run_dir)
     env = model.env
-    n = n_samples or int(config["eval_samples"])
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        states = torch.cat([model.sample(min(4096, n - i), generator=g).terminal for i in range(0, n, 4096)])
+    states = sample_terminal(model, n_samples or int(config["eval_samples"]), seed)
     out: dict[str, float] = {}
     if "pareto" in metrics:
         out["pareto_share"] = pareto_share(env, states)

@@ -39,9 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.gflownet.envs import BitSequence
-from flowforge.gflownet.exact import exact_metrics, modes_found
+from flowforge.gflownet.exact import modes_found
 from flowforge.gflownet.losses import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.outcome import OutcomeConditionedGFlowNet, OutcomeFineTuning
+from flowforge.recipes.gflownet import exact_outputs, sample_terminal
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = ["STAGES", "build_ocgfn", "downstream_env", "ocgfn_data", "ocgfn_evaluate", "ocgfn_reference"]
@@ -175,19 +176,9 @@ def ocgfn_evaluate(
             out["success_sampled"] = float((tr.terminal == y).all(1).double().mean())
         return out
     env = model.env
-    if {"l1", "jsd", "logz"} & set(metrics):
-        m = exact_metrics(model, env)
-        if "l1" in metrics:
-            out["l1_sum"], out["l1_mean"] = m["l1_sum"], m["l1_mean"]
-        if "jsd" in metrics:
-            out["jsd"] = m["jsd"]
-        if "logz" in metrics:
-            out["logz_error"] = m["logz_error"]
+    out.update(exact_outputs(model, env, metrics))
     if "modes" in metrics:
-        with torch.no_grad():
-            states = torch.cat(
-                [model.sample(min(4096, n - i), generator=g).terminal for i in range(0, n, 4096)]
-            )
+        states = sample_terminal(model, n, seed)
         out["modes_found"] = modes_found(env, states)
         out["n_modes"] = env.n_modes
     return out
