@@ -130,7 +130,7 @@ def test_label_dropout_and_cfg_mixing():
 
 def test_bad_batches_and_options_get_clear_errors():
     fm = FlowMatching(MLP(2, 8, 1))
-    with pytest.raises(TypeError, match="a flow-matching batch is"):
+    with pytest.raises(ValueError, match=r"a batch is x, \(x, y\)"):
         fm.loss("moons")
     with pytest.raises(ValueError, match="unknown prediction"):
         FlowMatching(MLP(2, 8, 1), prediction="eps")

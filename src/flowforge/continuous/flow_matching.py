@@ -11,13 +11,14 @@ distance; its :meth:`~FlowMatching.loss` is conditional flow matching (Lipman et
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from flowforge.continuous.generator import FlowGenerator
+from flowforge.core.batch import split_batch
 from flowforge.core.couplings import Coupling, Independent
 from flowforge.core.guidance import ClassifierFreeGuidance, drop_labels
 from flowforge.core.objectives import TARGETS, Distance, SquaredError, regression_loss, regression_target
@@ -25,20 +26,7 @@ from flowforge.core.paths import PREDICTIONS, AffinePath, Path, convert
 from flowforge.core.schedules import Linear
 from flowforge.core.time import TimeSampler, Uniform
 
-__all__ = ["FlowMatching", "split_batch"]
-
-
-def split_batch(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """Accept ``x1``, ``(x1, y)`` or ``{"x": x1, **cond}``; return ``(x1, cond)``."""
-    if isinstance(batch, Tensor):
-        return batch, {}
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], {"y": batch[1]}
-    if isinstance(batch, Mapping) and "x" in batch:
-        return batch["x"], {k: v for k, v in batch.items() if k != "x"}
-    raise TypeError(
-        f"a flow-matching batch is a tensor x1, a pair (x1, y) or a dict {{'x': x1, ...}}; got {type(batch).__name__}"
-    )
+__all__ = ["FlowMatching"]
 
 
 class FlowMatching(nn.Module):

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from flowforge.core import solvers as S
+from flowforge.core.choices import unknown_choice
 from flowforge.core.likelihood import log_prob as cnf_log_prob
-from flowforge.core.noise import standard_normal
+from flowforge.core.noise import standard_normal, standard_normal_log_prob
 from flowforge.core.paths import Path, convert
 
-__all__ = ["FlowGenerator", "SOLVERS", "make_solver", "standard_normal_log_prob"]
+__all__ = ["FlowGenerator", "SOLVERS", "make_solver"]
 
 #: Solver names accepted by :meth:`FlowGenerator.sample` (and the CLI's ``--solver``).
 SOLVERS: dict[str, type] = {
@@ -27,18 +27,12 @@ SOLVERS: dict[str, type] = {
 }
 
 
-def standard_normal_log_prob(x: Tensor) -> Tensor:
-    """``log N(x; 0, I)`` summed over the event; ``(B, *event) -> (B,)``."""
-    d = x[0].numel()
-    return -0.5 * x.flatten(1).square().sum(1) - 0.5 * d * math.log(2 * math.pi)
-
-
 def make_solver(solver: str | S.Solver, **opts: float) -> S.Solver:
     """A solver object from a name in :data:`SOLVERS` (with keyword options) or the object itself."""
     if not isinstance(solver, str):
         return solver
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+        raise unknown_choice("solver", solver, SOLVERS)
     return SOLVERS[solver](**opts)
 
 

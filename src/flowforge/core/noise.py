@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["standard_normal"]
+__all__ = ["standard_normal", "standard_normal_log_prob"]
 
 
 def standard_normal(
@@ -49,3 +49,10 @@ def standard_normal(
     u = u.clamp(1e-12, 1 - 1e-12)  # scrambled points are never exactly 0 or 1 in theory; guard float64
     z = math.sqrt(2.0) * torch.erfinv(2 * u - 1)
     return z.reshape(shape).to(dtype=dtype, device=device)
+
+
+def standard_normal_log_prob(x: Tensor) -> Tensor:
+    r"""``log N(x; 0, I)`` summed over the event, :math:`-\tfrac12 \|x\|^2 - \tfrac d2 \log 2\pi`;
+    ``(B, *event) -> (B,)``."""
+    d = x[0].numel() if x.shape[0] else x[0:0].flatten(1).shape[1]
+    return -0.5 * x.flatten(1).square().sum(1) - 0.5 * d * math.log(2 * math.pi)

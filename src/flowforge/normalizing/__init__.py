@@ -11,7 +11,7 @@ from flowforge.normalizing.boltzmann import (
     importance_sample,
     smc,
 )
-from flowforge.normalizing.flow import Affine, Bijection, Compose, Flow, StandardNormal, split_batch
+from flowforge.normalizing.flow import Affine, Bijection, Compose, Flow, StandardNormal
 from flowforge.normalizing.tarflow import TARFlow, TARFlowBlock
 
 __all__ = [
@@ -33,5 +33,4 @@ __all__ = [
     "effective_sample_size",
     "importance_sample",
     "smc",
-    "split_batch",
 ]

@@ -6,14 +6,16 @@ sampling runs the inverse. ``log p(x) = log p_base(z) + log|det dz/dx|``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "Affine", "StandardNormal", "Flow", "split_batch"]
+from flowforge.core.batch import split_batch
+from flowforge.core.noise import standard_normal_log_prob
+
+__all__ = ["Bijection", "Compose", "Affine", "StandardNormal", "Flow"]
 
 
 @runtime_checkable
@@ -68,6 +70,7 @@ class Affine(nn.Module):
     Example:
         >>> a = Affine(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
         >>> z, ladj = a(torch.tensor([[3.0, 6.0]]))
+        >>> import math
         >>> z, round(float(ladj), 4), round(-math.log(8.0), 4)
         (tensor([[1., 1.]]), -2.0794, -2.0794)
     """
@@ -98,27 +101,11 @@ class StandardNormal(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows .to(device, dtype)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        d = math.prod(self.event_shape)
-        return -0.5 * z.flatten(1).square().sum(1) - 0.5 * d * math.log(2 * math.pi)
+        return standard_normal_log_prob(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         a = self._anchor
         return torch.randn((n, *self.event_shape), generator=generator, device=a.device, dtype=a.dtype)
-
-
-def split_batch(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """``x`` or ``(x, y)`` or ``{"x": x, **cond}`` into ``(x, cond)``."""
-    if isinstance(batch, Tensor):
-        return batch, {}
-    if isinstance(batch, dict):
-        if "x" not in batch:
-            raise ValueError(f"a dict batch needs an 'x' entry; got keys {sorted(batch)}")
-        return batch["x"], {k: v for k, v in batch.items() if k != "x"}
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], {"y": batch[1]}
-    if isinstance(batch, (tuple, list)) and len(batch) == 1:
-        return batch[0], {}
-    raise ValueError(f"batch must be x, (x, y) or {{'x': x, ...}}; got {type(batch).__name__}")
 
 
 class Flow(nn.Module):

@@ -68,9 +68,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowforge.core.batch import split_batch
 from flowforge.core.guidance import drop_labels
 from flowforge.nn.transformer import CausalTransformer, KVCache
-from flowforge.normalizing.flow import Compose, Flow, split_batch
+from flowforge.normalizing.flow import Compose, Flow
 
 __all__ = [
     "SamplingOptions",
