@@ -9,7 +9,9 @@ map is x0 -> alpha(t) m + std(t) x0.
 from __future__ import annotations
 
 import doctest
+import importlib
 import math
+import pkgutil
 
 import numpy as np
 import pytest
@@ -675,6 +677,8 @@ def test_edm_grid_is_karras_schedule_in_flowforge_time():
         edm_grid(4, sigma_min=1.0, sigma_max=0.5)
 
 
-def test_module_docstring_examples_run():
-    result = doctest.testmod(solvers_module, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("name", ["", *sorted(m.name for m in pkgutil.iter_modules(solvers_module.__path__))])
+def test_module_docstring_examples_run(name):
+    module = importlib.import_module(f"flowforge.core.solvers{'.' + name if name else ''}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

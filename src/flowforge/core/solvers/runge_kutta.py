@@ -159,8 +159,9 @@ class ExplicitRungeKutta:
         self.tableau = tableau
         self.order: float = tableau.order
         # the nonzero (j, a_sj) of every stage and (j, b_j) of the update, precomputed once
-        self._stages = tuple(
-            (c, tuple((j, w) for j, w in enumerate(row) if w != 0.0)) for row, c in zip(tableau.a, tableau.c)
+        self._later_stages = tuple(
+            (c, tuple((j, w) for j, w in enumerate(row) if w != 0.0))
+            for row, c in zip(tableau.a[1:], tableau.c[1:])
         )
         self._weights = tuple((j, w) for j, w in enumerate(tableau.b) if w != 0.0)
         self._nfe = tableau.stages
@@ -179,9 +180,9 @@ class ExplicitRungeKutta:
         """One Runge–Kutta step from ``state.t`` to ``t_next`` (either direction)."""
         x, t = state.x, state.t
         h = t_next - t
-        ks: list[Tensor] = []
-        for c, terms in self._stages:
-            ts = t if c == 0.0 else t_next if c == 1.0 else t + c * h
+        ks = [_call(f, x, t)]  # c_0 = 0 and row 0 of a is empty: the first stage is f(x_i, t_i)
+        for c, terms in self._later_stages:
+            ts = t_next if c == 1.0 else t + c * h
             ks.append(_call(f, _combine(x, h, terms, ks), ts))
         return replace(state, x=_combine(x, h, self._weights, ks), t=t_next, nfe=state.nfe + self._nfe)
 
