@@ -8,8 +8,9 @@ import torch
 from scipy import integrate, stats
 
 from flowforge.metrics.boltzmann import boltzmann_metrics, energy_w2, ess, log_z_error, wasserstein_1d
-from flowforge.normalizing.bijections import ActNorm
-from flowforge.normalizing.boltzmann import (
+from flowforge.normalizing import (
+    ActNorm,
+    Flow,
     ReverseKL,
     SelfImprovement,
     effective_sample_size,
@@ -17,7 +18,6 @@ from flowforge.normalizing.boltzmann import (
     resample_indices,
     smc,
 )
-from flowforge.normalizing.flow import Flow
 from flowforge.train import BatchRequest, train
 
 F64 = torch.float64
