@@ -38,6 +38,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from flowforge.core.choices import unknown_choice
+
 __all__ = [
     "EnergyFn",
     "ImportanceSamples",
@@ -142,7 +144,7 @@ def resample_indices(
         ) / n
         cdf = torch.cumsum(p, 0)
         return torch.searchsorted(cdf, u).clamp(max=p.numel() - 1)
-    raise ValueError(f"method must be 'multinomial' or 'systematic', got {method!r}")
+    raise unknown_choice("resampling method", method, ["multinomial", "systematic"])
 
 
 @dataclass(frozen=True)
