@@ -19,7 +19,7 @@ Pipeline
     3. Flow: flowforge ``RealNVP`` (8 affine couplings, MLP 128x128; ``--flow nsf`` for spline couplings,
        ~4x slower per step here) trained by maximum likelihood with ``flowforge.train.train`` (AdamW, cosine
        LR, EMA 0.999), 4000 steps x 256. Weights cached in ``benchmarks/.cache``.
-    4. Importance sampling with the OpenMM energy (``flowforge.normalizing.boltzmann.importance_sample``):
+    4. Importance sampling with the OpenMM energy (``flowforge.normalizing.importance_sample``):
        ``log w = -E(x)/kT - log q(x)``; Kish ESS / N, with and without Prose's 0.2 % top-weight filter.
     5. Metrics against the test trajectory: mean / median energy, energy-W2 (``sqrt(emd2_1d)``, weighted
        for the reweighted flow), Ramachandran basin fractions (C7eq/C5, αR, φ > 0) and the total-variation
@@ -46,9 +46,7 @@ import torch
 from torch import Tensor
 
 from flowforge.data.aldp import AlanineDipeptide, com_free_basis
-from flowforge.normalizing.bijections import NSF, RealNVP
-from flowforge.normalizing.boltzmann import importance_sample
-from flowforge.normalizing.flow import Flow
+from flowforge.normalizing import NSF, Flow, RealNVP, importance_sample
 from flowforge.train import load_safetensors, save_safetensors, train
 
 ROOT = Path(__file__).resolve().parent

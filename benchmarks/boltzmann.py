@@ -1,17 +1,17 @@
 """Boltzmann generators on CPU: GMM-40 (2-D) and many-well-32, importance sampling vs SMC.
 
 Protocol (``torch.set_num_threads(1)``, float32 flows, energies from ``flowforge.data.energies``, flows
-from ``flowforge.normalizing.bijections``, training with :func:`flowforge.train.train`, EMA 0.99):
+from ``flowforge.normalizing.flows``, training with :func:`flowforge.train.train`, EMA 0.99):
 
 - **GMM-40**: ``NSF(2, transforms=6, hidden=(128, 128), bins=16, bound=5)`` (autoregressive RQ splines)
   behind a fixed scaling ``x / 10``, so the means (within +-40) fall inside the splines' ``[-5, 5]``
   (DEM scales by 1/50 for the same reason). The scaling is part of the flow: every density is in the
   original coordinates. Rows: untrained (about N(0, 10^2 I)); ML on fresh exact samples for 3000 and
-  for 200 steps (batch 256, lr 1e-3); :class:`~flowforge.normalizing.boltzmann.ReverseKL` from the energy
+  for 200 steps (batch 256, lr 1e-3); :class:`~flowforge.normalizing.reverse_kl.ReverseKL` from the energy
   alone (``data=None``, 1500 steps), the classic mode-seeking failure, for contrast.
 - **many-well-32**: ``NSF(32, transforms=6, hidden=(128, 128), bins=8, bound=5, coupling=True)``. Rows:
   untrained (about N(0, I)); ML on fresh exact samples (the rejection sampler) for 2000 and for 100
-  steps; each followed by 300 steps of :class:`~flowforge.normalizing.boltzmann.SelfImprovement` from the
+  steps; each followed by 300 steps of :class:`~flowforge.normalizing.self_improvement.SelfImprovement` from the
   energy alone (buffer of 10k SNIS-resampled from 20k proposals, refreshed every 50 steps, batch 256,
   quantile filter 0.002, frozen teacher = the ML flow).
 
@@ -46,9 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.data.energies import GMM40, ManyWell
-from flowforge.normalizing.bijections import NSF
-from flowforge.normalizing.boltzmann import ReverseKL, SelfImprovement, importance_sample, smc
-from flowforge.normalizing.flow import Flow
+from flowforge.normalizing import NSF, Flow, ReverseKL, SelfImprovement, importance_sample, smc
 from flowforge.train import load_safetensors, save_safetensors, train
 
 CACHE = Path(__file__).resolve().parent / ".cache"

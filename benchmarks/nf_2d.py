@@ -16,7 +16,7 @@ Models (5 transforms, MADE hidden (64, 64) unless said; parameter counts are mat
   tails at 5, plain MADE with one hidden block, identity init) used in MAF direction (one pass for the
   density; the raw layer's ``forward`` is the density direction, so the wrapper swaps it into
   normflows' latent-to-data convention), with a swap permutation between layers.
-- ``flowforge-nsf``: ``flowforge.normalizing.bijections.NSF(2)``; ``flowforge-maf``: ``MAF(2)``.
+- ``flowforge-nsf``: ``flowforge.normalizing.NSF(2)``; ``flowforge-maf``: ``MAF(2)``.
 - ``flowforge-tarflow``: ``flowforge.normalizing.tarflow.TARFlow`` if importable, with the width
   chosen to match the NSF parameter count (see :func:`build_tarflow`).
 
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.data import Standardizer, toy2d
-from flowforge.normalizing import bijections as B
+from flowforge.normalizing import MAF, NSF
 
 N_TRAIN, N_TEST = 20_000, 10_000
 MODELS = ("zuko-nsf", "zuko-maf", "normflows-nsf", "flowforge-nsf", "flowforge-maf", "flowforge-tarflow")
@@ -122,10 +122,10 @@ def build(name: str) -> tuple[nn.Module, LogProb, Callable[[int], Tensor]]:
     if name == "normflows-nsf":
         return build_normflows_nsf()
     if name == "flowforge-nsf":
-        f = B.NSF(2, transforms=5, hidden=(64, 64), bins=8, bound=5.0)
+        f = NSF(2, transforms=5, hidden=(64, 64), bins=8, bound=5.0)
         return f, f.log_prob, lambda n: f.sample(n)
     if name == "flowforge-maf":
-        f = B.MAF(2, transforms=5, hidden=(64, 64))
+        f = MAF(2, transforms=5, hidden=(64, 64))
         return f, f.log_prob, lambda n: f.sample(n)
     if name == "flowforge-tarflow":
         return build_tarflow(36_710)

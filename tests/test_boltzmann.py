@@ -8,8 +8,9 @@ import torch
 from scipy import integrate, stats
 
 from flowforge.metrics.boltzmann import boltzmann_metrics, energy_w2, ess, log_z_error, wasserstein_1d
-from flowforge.normalizing.bijections import ActNorm
-from flowforge.normalizing.boltzmann import (
+from flowforge.normalizing import (
+    ActNorm,
+    Flow,
     ReverseKL,
     SelfImprovement,
     effective_sample_size,
@@ -17,7 +18,6 @@ from flowforge.normalizing.boltzmann import (
     resample_indices,
     smc,
 )
-from flowforge.normalizing.flow import Flow
 from flowforge.train import BatchRequest, train
 
 F64 = torch.float64
@@ -113,6 +113,8 @@ def test_resampling_and_quantile_filter():
     assert float(filt.log_weights.max()) <= float(torch.sort(out.log_weights).values[-501])
     idx = resample_indices(torch.log(torch.tensor([0.0, 0.25, 0.75])), 8, gen(0), "systematic")
     assert int((idx == 0).sum()) == 0 and int((idx == 2).sum()) == 6
+    with pytest.raises(ValueError, match="unknown resampling method 'systemic' \\(did you mean 'systematic'"):
+        resample_indices(torch.zeros(3), 2, gen(0), "systemic")
 
 
 def test_wrong_energy_shapes_are_refused():

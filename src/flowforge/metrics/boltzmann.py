@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowforge.normalizing.boltzmann import effective_sample_size, importance_sample
+from flowforge.normalizing.importance import effective_sample_size, importance_sample
 
 __all__ = ["boltzmann_metrics", "energy_w2", "ess", "log_z_error", "wasserstein_1d"]
 
@@ -113,7 +113,7 @@ def boltzmann_metrics(
       ``energy_w2_reweighted`` (``n`` SNIS-resampled samples vs reference).
 
     Example:
-        >>> from flowforge.normalizing.bijections import ActNorm
+        >>> from flowforge.normalizing.linear import ActNorm
         >>> from flowforge.normalizing.flow import Flow
         >>> class Gauss:  # pi = N(0, I) in 2-D
         ...     log_z = math.log(2 * math.pi)

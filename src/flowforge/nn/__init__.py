@@ -1,7 +1,9 @@
-"""Networks: every continuous-time network is called ``net(x, t, **cond)``."""
+"""Networks: every continuous-time network is called ``net(x, t, **cond)``; ``MADE`` is the masked
+conditioner of the normalizing-flow layers."""
 
 from flowforge.nn.embeddings import FourierTime
+from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
 from flowforge.nn.transformer import CausalTransformer, KVCache
 
-__all__ = ["MLP", "FourierTime", "CausalTransformer", "KVCache"]
+__all__ = ["MLP", "MADE", "FourierTime", "CausalTransformer", "KVCache"]

@@ -1,36 +1,84 @@
-"""Normalizing flows: bijections with exact log-determinants, TARFlow/STARFlow, Boltzmann generators."""
+"""Normalizing flows: bijections with exact log-determinants, TARFlow/STARFlow, Boltzmann generators.
 
-from flowforge.normalizing import bijections
-from flowforge.normalizing.bijections import MAF, NSF, RealNVP
-from flowforge.normalizing.boltzmann import (
+One method a file (DESIGN.md); every name below is importable from ``flowforge.normalizing``. Paths are
+relative to the ``flowforge`` package.
+
+=====================================  ========================================================================
+file                                   names (method -> file)
+=====================================  ========================================================================
+``normalizing/flow.py``                ``Flow``, ``Compose``, ``Affine``, ``StandardNormal``
+``core/contracts.py``                  ``Bijection`` (the protocol every layer follows)
+``normalizing/splines.py``             ``rq_spline`` (monotonic rational-quadratic spline)
+``normalizing/coupling.py``            ``AffineCoupling``, ``SplineCoupling``, ``soft_clip``, ``LOG_SCALE_BOUND``
+``normalizing/autoregressive.py``      ``MaskedAutoregressive``, ``SplineAutoregressive``
+``normalizing/linear.py``              ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
+``normalizing/flows.py``               ``NSF``, ``MAF``, ``RealNVP`` (named flows, :class:`Flow` subclasses)
+``normalizing/tarflow.py``             ``TARFlow``, ``TARFlowBlock``
+``normalizing/importance.py``          ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
+``normalizing/smc.py``                 ``smc``, ``SMCResult``
+``normalizing/reverse_kl.py``          ``ReverseKL``
+``normalizing/self_improvement.py``    ``SelfImprovement``
+``nn/made.py``                         ``MADE`` (the masked conditioner network)
+``normalizing/bijections.py``          ``bijections`` (compatibility module: re-exports the layers and named flows)
+``normalizing/boltzmann.py``           ``boltzmann`` (compatibility module: re-exports the Boltzmann parts)
+=====================================  ========================================================================
+
+``flowforge.normalizing.bijections`` and ``flowforge.normalizing.boltzmann`` are compatibility modules
+that re-export the names above.
+"""
+
+from flowforge.core.contracts import Bijection
+from flowforge.nn.made import MADE
+from flowforge.normalizing import bijections, boltzmann
+from flowforge.normalizing.autoregressive import MaskedAutoregressive, SplineAutoregressive
+from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
+from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
+from flowforge.normalizing.flows import MAF, NSF, RealNVP
+from flowforge.normalizing.importance import (
     ImportanceSamples,
-    ReverseKL,
-    SelfImprovement,
-    SMCResult,
     effective_sample_size,
     importance_sample,
-    smc,
+    resample_indices,
 )
-from flowforge.normalizing.flow import Affine, Bijection, Compose, Flow, StandardNormal
+from flowforge.normalizing.linear import ActNorm, LULinear, Permutation, RandomPermutation, Reverse
+from flowforge.normalizing.reverse_kl import ReverseKL
+from flowforge.normalizing.self_improvement import SelfImprovement
+from flowforge.normalizing.smc import SMCResult, smc
+from flowforge.normalizing.splines import rq_spline
 from flowforge.normalizing.tarflow import TARFlow, TARFlowBlock
 
 __all__ = [
+    "LOG_SCALE_BOUND",
+    "MADE",
+    "MAF",
+    "NSF",
+    "ActNorm",
     "Affine",
+    "AffineCoupling",
     "Bijection",
     "Compose",
     "Flow",
     "ImportanceSamples",
-    "MAF",
-    "NSF",
+    "LULinear",
+    "MaskedAutoregressive",
+    "Permutation",
+    "RandomPermutation",
     "RealNVP",
+    "Reverse",
     "ReverseKL",
     "SMCResult",
     "SelfImprovement",
+    "SplineAutoregressive",
+    "SplineCoupling",
     "StandardNormal",
     "TARFlow",
     "TARFlowBlock",
     "bijections",
+    "boltzmann",
     "effective_sample_size",
     "importance_sample",
+    "resample_indices",
+    "rq_spline",
     "smc",
+    "soft_clip",
 ]

@@ -1,13 +1,14 @@
 """A normalizing flow: bijections from data to noise plus a base distribution.
 
 Convention (DESIGN.md): ``forward`` maps data ``x`` to noise ``z`` and returns ``(z, log|det dz/dx|)``;
-sampling runs the inverse. ``log p(x) = log p_base(z) + log|det dz/dx|``.
+sampling runs the inverse. ``log p(x) = log p_base(z) + log|det dz/dx|``. Every layer is a
+:class:`~flowforge.core.contracts.Bijection`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,27 +16,29 @@ from torch import Tensor, nn
 from flowforge.core.batch import split_batch
 from flowforge.core.noise import standard_normal_log_prob
 
-__all__ = ["Bijection", "Compose", "Affine", "StandardNormal", "Flow"]
+__all__ = ["Affine", "Compose", "Flow", "StandardNormal"]
 
 
-@runtime_checkable
-class Bijection(Protocol):
-    """An invertible map that reports its log-Jacobian with the value.
-
-    ``forward(x, **cond) -> (z, ladj)`` with ``ladj = log|det dz/dx|`` of shape ``(B,)``;
-    ``inverse(z, **cond) -> (x, ladj)`` with ``ladj = log|det dx/dz|`` (so the two sum to zero).
-    """
-
-    def forward(self, x: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]: ...
-
-    def inverse(self, z: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]: ...
+def _check_points(x: Tensor, dim: int | None, who: str) -> None:
+    """Raise a ValueError naming ``who`` unless ``x`` is a ``(B, dim)`` tensor (``dim=None``: any ``D``)."""
+    if not isinstance(x, Tensor) or x.dim() != 2 or (dim is not None and x.shape[1] != dim):
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        want = f"(B, {dim})" if dim is not None else "(B, D)"
+        raise ValueError(
+            f"{who} expects points of shape {want}, got {got}; flatten events with x.flatten(1)"
+            + (
+                f" or build the layer with dim={x.shape[-1]}"
+                if isinstance(x, Tensor) and x.dim() == 2
+                else ""
+            )
+        )
 
 
 class Compose(nn.Module):
     """Bijections applied in order in ``forward`` (data to noise) and in reverse order in ``inverse``.
 
     Example:
-        >>> from flowforge.normalizing.bijections import ActNorm, Reverse
+        >>> from flowforge.normalizing.linear import ActNorm, Reverse
         >>> f = Compose([ActNorm(2), Reverse()])
         >>> x = torch.randn(5, 2)
         >>> z, ladj = f(x)
@@ -121,7 +124,7 @@ class Flow(nn.Module):
         event_shape: shape of one sample; needed when ``base`` is not given.
 
     Example:
-        >>> from flowforge.normalizing.bijections import ActNorm
+        >>> from flowforge.normalizing.linear import ActNorm
         >>> flow = Flow([ActNorm(2)], event_shape=(2,))
         >>> x = flow.sample(4, generator=torch.Generator().manual_seed(0))
         >>> flow.log_prob(x).shape

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from flowforge.data import Standardizer
 from flowforge.data.energies import GMM40, DoubleWell4, Energy, LennardJones13, ManyWell, user_energy
 from flowforge.metrics.boltzmann import boltzmann_metrics
-from flowforge.normalizing.boltzmann import ReverseKL, SelfImprovement
+from flowforge.normalizing import ReverseKL, SelfImprovement
 from flowforge.recipes.normalizing import build_density_flow
 from flowforge.recipes.registry import Recipe, register
 
