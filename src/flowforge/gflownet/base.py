@@ -69,7 +69,7 @@ class GFlowNet(nn.Module):
     buffer's contents included), so a run resumed from a checkpoint continues bit for bit.
 
     Args:
-        env: a discrete :class:`~flowforge.gflownet.envs.Environment`.
+        env: a discrete :class:`~flowforge.core.contracts.Environment`.
         pf: forward policy net ``(B, obs_dim) -> (B, n_actions)`` logits; default :class:`PolicyMLP`.
         pb: backward policy net ``(B, obs_dim) -> (B, n_actions - 1)``; default :class:`PolicyMLP`
             unless ``uniform_pb``.
@@ -79,7 +79,8 @@ class GFlowNet(nn.Module):
         temperature: logit temperature used by :meth:`loss` when sampling.
         replay_buffer: a :class:`~flowforge.gflownet.ReplayBuffer` (or prioritized one) of terminal
             states; :meth:`loss` adds every on-policy terminal state to it. It becomes a submodule
-            (its preallocated contents are part of :meth:`state_dict`).
+            (its preallocated contents are part of :meth:`state_dict`). Under DDP the trainer's
+            wrapper broadcasts rank 0's buffer like any module buffer.
         replay_ratio: fraction :math:`\\rho \\in [0, 1)` of each batch drawn from the buffer: of a batch
             of size ``n``, ``round(rho * n)`` trajectories are sampled *backwards* with :math:`P_B`
             from buffered terminal states (:meth:`sample_backward`) and the rest on-policy; the loss
@@ -100,7 +101,7 @@ class GFlowNet(nn.Module):
         depth: int = 2,
         epsilon: float = 0.0,
         temperature: float = 1.0,
-        replay_buffer: Any = None,
+        replay_buffer: ReplayBuffer | None = None,
         replay_ratio: float = 0.0,
     ) -> None:
         super().__init__()
