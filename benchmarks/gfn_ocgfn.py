@@ -27,9 +27,9 @@ from types import SimpleNamespace
 
 import torch
 
+from flowforge.gflownet import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.envs import BitSequence
 from flowforge.gflownet.exact import l1_sum, modes_found, terminal_distribution
-from flowforge.gflownet.losses import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.outcome import (
     AmortizedConversion,
     OutcomeConditionedGFlowNet,

@@ -40,8 +40,8 @@ from types import SimpleNamespace
 
 import torch
 
+from flowforge.gflownet import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.envs import BitSequence
-from flowforge.gflownet.losses import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.outcome import AmortizedConversion, OutcomeConditionedGFlowNet
 
 WIDTH, DEPTH, BS, LR = 128, 2, 16, 1e-3

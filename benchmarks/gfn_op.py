@@ -5,7 +5,7 @@ front than a reward-scalarised TB at equal trajectories.
 
 Protocol (``torch.set_num_threads(1)``, float32):
 
-- Task: :class:`~flowforge.gflownet.multiobjective.MultiObjectiveHyperGrid`, 2-D, height ``--height``
+- Task: :class:`~flowforge.gflownet.MultiObjectiveHyperGrid`, 2-D, height ``--height``
   (64: 4096 states, 73 of them on the exact Branin-Currin Pareto front), objectives ``--objectives``.
 - Every method: the recipe's network (:func:`flowforge.recipes.gflownet_moo.build_moo_gflownet`):
   P_F MLP 64 x 3 hidden (ReLU, the authors' size), uniform P_B, 1% uniform exploration, Adam at
@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from flowforge.gflownet.multiobjective import pareto_share
+from flowforge.gflownet import pareto_share
 from flowforge.recipes.gflownet_moo import build_moo_gflownet
 
 METHODS: dict[str, dict] = {
@@ -106,7 +106,7 @@ def main() -> None:
     for m in methods:
         if m not in METHODS:
             raise SystemExit(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    from flowforge.gflownet.multiobjective import MultiObjectiveHyperGrid
+    from flowforge.gflownet import MultiObjectiveHyperGrid
 
     env = MultiObjectiveHyperGrid(2, a.height, a.objectives)
     print(

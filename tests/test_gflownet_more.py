@@ -367,10 +367,10 @@ def test_batched_rescoring_matches_per_step_log_probs(shared):
 def test_hypergrid_rollout_fast_paths_match_public_methods():
     for env in (HyperGrid(2, 8), HyperGrid(3, 5)):
         s = env.all_states()
-        assert torch.equal(env._log_reward_fast(s, torch.float64), env.log_reward(s, torch.float64))
-        assert torch.equal(env._forward_forbidden(s), ~env.forward_mask(s))
+        assert torch.equal(env.log_reward_fast(s, torch.float64), env.log_reward(s, torch.float64))
+        assert torch.equal(env.forward_forbidden(s), ~env.forward_mask(s))
         ok = env.forward_mask(s)
         for a in range(env.n_actions):
             act = torch.full((s.shape[0],), a)
             rows = ok[:, a]
-            assert torch.equal(s[rows] + env._step_delta()[act[rows]], env.step(s[rows], act[rows]))
+            assert torch.equal(s[rows] + env.step_delta()[act[rows]], env.step(s[rows], act[rows]))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowforge.core.contracts import HasForwardForbidden, HasStepDelta
 from flowforge.gflownet import (
     BitSequence,
     Environment,
@@ -291,20 +292,18 @@ def test_exact_flows_policy_hits_the_target_and_log_partition_by_brute_force(env
 
 
 def test_step_delta_hook_equals_step(env):
-    delta_fn = getattr(env, "_step_delta", None)
-    if delta_fn is None:
-        pytest.skip("no _step_delta hook")
+    if not isinstance(env, HasStepDelta):
+        pytest.skip("no step_delta hook")
     s = env.all_states()
-    delta = delta_fn()
+    delta = env.step_delta()
     assert delta.shape == (env.n_actions, s.shape[1])
     ok = env.forward_mask(s)
     for a in range(env.n_actions):
         rows = ok[:, a]
         act = torch.full((int(rows.sum()),), a)
         assert torch.equal(s[rows] + delta[act], env.step(s[rows], act))
-    forbidden = getattr(env, "_forward_forbidden", None)
-    if forbidden is not None:
-        assert torch.equal(forbidden(s), ~ok)
+    if isinstance(env, HasForwardForbidden):
+        assert torch.equal(env.forward_forbidden(s), ~ok)
 
 
 def test_obs_shape_and_backward_sampling_reaches_s0(env):

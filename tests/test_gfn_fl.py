@@ -13,13 +13,15 @@ from flowforge.gflownet import (
     BitSequence,
     DetailedBalance,
     HyperGrid,
+    SetGeneration,
     SubTrajectoryBalance,
+    TopKTracker,
     TrajectoryBalance,
     exact_flows,
     exact_metrics,
+    fl_gfn_energies,
     terminal_distribution,
 )
-from flowforge.gflownet.sets import SetGeneration, TopKTracker, fl_gfn_energies
 
 
 def gen(seed):
@@ -92,7 +94,7 @@ def test_set_env_masks_steps_and_errors():
         nxt = env.step(s, a)
         assert torch.equal(env.backward_step(nxt, a), s)
         assert bool(env.backward_mask(nxt).gather(1, a[:, None]).all())
-        assert torch.equal(s + env._step_delta()[a], nxt)
+        assert torch.equal(s + env.step_delta()[a], nxt)
         s = nxt
     m = env.forward_mask(s)
     assert bool(m[:, -1].all()) and not bool(m[:, :-1].any())  # full: only stop

@@ -9,9 +9,9 @@ import torch
 
 import flowforge.recipes.gflownet_oc  # noqa: F401  (registers bitseq-ocgfn)
 from flowforge.cli import main
+from flowforge.gflownet import TrajectoryBalance
 from flowforge.gflownet.envs import BitSequence, HyperGrid
 from flowforge.gflownet.exact import exact_flows, l1_sum, terminal_distribution
-from flowforge.gflownet.losses import TrajectoryBalance
 from flowforge.gflownet.outcome import (
     AmortizedConversion,
     OutcomeConditionedGFlowNet,

@@ -10,8 +10,7 @@ import torch
 
 import flowforge.recipes.gflownet_moo  # noqa: F401  (registers hypergrid-moo-op / hypergrid-moo-tb)
 from flowforge.cli import main
-from flowforge.gflownet.envs import HyperGrid
-from flowforge.gflownet.multiobjective import (
+from flowforge.gflownet import (
     OBJECTIVE_FUNCTIONS,
     MultiObjectiveHyperGrid,
     OrderPreservingTB,
@@ -19,6 +18,7 @@ from flowforge.gflownet.multiobjective import (
     pareto_front,
     pareto_share,
 )
+from flowforge.gflownet.envs import HyperGrid
 from flowforge.recipes import get_recipe
 
 torch.set_num_threads(1)

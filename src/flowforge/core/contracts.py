@@ -2,16 +2,19 @@
 
 Every implementation in the package is checked against these by ``tests/test_contracts.py``.
 
-========================  ===============================================================
-protocol                  implemented by
-========================  ===============================================================
-:class:`Generator`        ``FlowGenerator``, ``Flow`` (and ``TARFlow``), ``GFlowNetGenerator``, run generators
-:class:`Objective`        ``FlowMatching``, ``Flow``, ``ReverseKL``, every ``GFlowNet`` objective
-:class:`Bijection`        every normalizing-flow layer (couplings, autoregressive, linear, TARFlow blocks)
-:class:`Energy`           ``data.energies.Energy`` and its subclasses, ``user_energy``
-:class:`Environment`      ``gflownet.envs``: ``HyperGrid``, ``BitSequence``, ``SetGeneration``, ``Ising``, ...
-:class:`FastEnvironment`  optional rollout hooks of an :class:`Environment` (``HyperGrid``, ``SetGeneration``)
-========================  ===============================================================
+============================  ===========================================================
+protocol                      implemented by
+============================  ===========================================================
+:class:`Generator`            ``FlowGenerator``, ``Flow`` (and ``TARFlow``), ``GFlowNetGenerator``, run generators
+:class:`Objective`            ``FlowMatching``, ``Flow``, ``ReverseKL``, every ``GFlowNet`` objective
+:class:`Bijection`            every normalizing-flow layer (couplings, autoregressive, linear, TARFlow blocks)
+:class:`Energy`               ``data.energies.Energy`` and its subclasses, ``user_energy``
+:class:`Environment`          ``gflownet.envs``: ``HyperGrid``, ``BitSequence``, ``SetGeneration``, ``Ising``, ...
+:class:`HasStepDelta`         optional rollout hook ``step_delta()`` (``HyperGrid``, ``SetGeneration``, ``Ising``, ...)
+:class:`HasForwardForbidden`  optional rollout hook ``forward_forbidden(states)`` (``HyperGrid``, ``SetGeneration``)
+:class:`HasFastLogReward`     optional rollout hook ``log_reward_fast(states, dtype)`` (``HyperGrid``)
+:class:`FastEnvironment`      all three hooks at once (``HyperGrid``)
+============================  ===========================================================
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Bijection", "Energy", "Environment", "FastEnvironment", "Generator", "Objective"]
+__all__ = [
+    "Bijection",
+    "Energy",
+    "Environment",
+    "FastEnvironment",
+    "Generator",
+    "HasFastLogReward",
+    "HasForwardForbidden",
+    "HasStepDelta",
+    "Objective",
+]
 
 
 @runtime_checkable
@@ -115,17 +128,34 @@ class Environment(Protocol):
 
 
 @runtime_checkable
-class FastEnvironment(Protocol):
-    """Optional rollout hooks; an environment that has all three gets the fast rollout path.
+class HasStepDelta(Protocol):
+    """Optional rollout hook of an :class:`Environment` whose moves are fixed displacements.
 
-    ``step_delta()``: ``(n_actions, ndim)``, row ``a`` the displacement of action ``a`` (zeros for stop),
-    so ``step(s, a) == s + step_delta()[a]`` for every allowed ``a``; ``forward_forbidden(states)``:
-    ``~forward_mask(states)``, cheaply; ``log_reward_fast(states, dtype)``: :meth:`Environment.log_reward`
-    for states known to be reachable.
+    ``step_delta()``: ``(n_actions, ndim)`` long, row ``a`` the displacement of action ``a`` (zeros for
+    stop), so ``step(s, a) == s + step_delta()[a]`` for every ``a`` that ``forward_mask(s)`` allows; a
+    rollout then steps without checks.
     """
 
     def step_delta(self) -> Tensor: ...
 
+
+@runtime_checkable
+class HasForwardForbidden(Protocol):
+    """Optional rollout hook: ``forward_forbidden(states) -> (B, n_actions)`` bool, equal to
+    ``~forward_mask(states)`` but cheaper (the rollout's hot path needs the complement)."""
+
     def forward_forbidden(self, states: Tensor) -> Tensor: ...
 
+
+@runtime_checkable
+class HasFastLogReward(Protocol):
+    """Optional rollout hook: ``log_reward_fast(states, dtype) -> (B,)``, equal to
+    :meth:`Environment.log_reward` for states known to be reachable (e.g. by table lookup)."""
+
     def log_reward_fast(self, states: Tensor, dtype: torch.dtype | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class FastEnvironment(HasStepDelta, HasForwardForbidden, HasFastLogReward, Protocol):
+    """An environment with all three optional rollout hooks (each is detected on its own, with
+    ``isinstance(env, HasStepDelta)`` etc.; this one only names the complete set)."""

@@ -1,5 +1,42 @@
-"""GFlowNets: amortized samplers of compositional objects from a reward (TB, DB, SubTB, FM, ZVar,
-forward-looking DB/SubTB; replay buffers; hypergrid, bit sequences, sets, Ising).
+"""GFlowNets: amortized samplers of compositional objects from a reward, one method a file.
+
+========================================  ============================================
+name                                      file
+========================================  ============================================
+:class:`Trajectories`                     ``gflownet/trajectories.py``
+:func:`rollout`                           ``gflownet/sampler.py``
+:func:`backward_rollout`                  ``gflownet/sampler.py``
+:class:`GFlowNet`                         ``gflownet/base.py``
+:class:`GFlowNetGenerator`                ``gflownet/base.py``
+:class:`StateFlowGFlowNet`                ``gflownet/state_flow.py``
+:class:`TrajectoryBalance`                ``gflownet/trajectory_balance.py``
+:class:`DetailedBalance`                  ``gflownet/detailed_balance.py``
+:class:`SubTrajectoryBalance`             ``gflownet/subtrajectory_balance.py``
+:class:`FlowMatching`                     ``gflownet/edge_flow_matching.py``
+:class:`LogPartitionVariance`             ``gflownet/log_partition_variance.py``
+:class:`OrderPreservingTB`                ``gflownet/order_preserving.py``
+:class:`OutcomeConditionedGFlowNet`       ``gflownet/outcome.py``
+:class:`OutcomeGenerator`                 ``gflownet/outcome.py``
+:class:`AmortizedConversion`              ``gflownet/outcome.py``
+:class:`OutcomeFineTuning`                ``gflownet/outcome.py``
+:class:`ReplayBuffer`                     ``gflownet/replay.py``
+:class:`PrioritizedReplayBuffer`          ``gflownet/replay.py``
+:func:`exact_metrics`                     ``gflownet/exact.py``
+:class:`Environment`                      ``core/contracts.py``
+:class:`HyperGrid`                        ``gflownet/envs/hypergrid.py``
+:class:`BitSequence`                      ``gflownet/envs/bitseq.py``
+:class:`NonAutoregressiveBitSequence`     ``gflownet/envs/bitseq.py``
+:class:`SetGeneration`                    ``gflownet/envs/sets.py``
+:class:`TopKTracker`                      ``gflownet/envs/sets.py``
+:class:`Ising`                            ``gflownet/envs/ising.py``
+:class:`MultiObjectiveHyperGrid`          ``gflownet/envs/multiobjective.py``
+:func:`pareto_front`                      ``gflownet/envs/multiobjective.py``
+:class:`PolicyMLP`                        ``nn/policy.py``
+:func:`shared_trunk_policies`             ``nn/policy.py``
+========================================  ============================================
+
+Every objective class has ``key`` (its name in the recipes, e.g. ``"tb"``) and ``options`` (the
+constructor keywords a recipe may set). A new objective is one file plus one export line here.
 
 Example:
     >>> import torch
@@ -10,7 +47,24 @@ Example:
     ['jsd', 'l1_mean', 'l1_sum', 'logz_error']
 """
 
-from flowforge.gflownet.envs import BitSequence, Environment, HyperGrid, Ising, NonAutoregressiveBitSequence
+from flowforge.core.contracts import Environment
+from flowforge.gflownet.base import GFlowNet, GFlowNetGenerator
+from flowforge.gflownet.detailed_balance import DetailedBalance
+from flowforge.gflownet.edge_flow_matching import FlowMatching
+from flowforge.gflownet.envs import (
+    OBJECTIVE_FUNCTIONS,
+    BitSequence,
+    HyperGrid,
+    Ising,
+    MultiObjectiveHyperGrid,
+    NonAutoregressiveBitSequence,
+    SetGeneration,
+    TopKTracker,
+    dirichlet_preferences,
+    fl_gfn_energies,
+    pareto_front,
+    pareto_share,
+)
 from flowforge.gflownet.exact import (
     exact_flows,
     exact_metrics,
@@ -21,43 +75,32 @@ from flowforge.gflownet.exact import (
     modes_found,
     terminal_distribution,
 )
-from flowforge.gflownet.losses import (
-    DetailedBalance,
-    FlowMatching,
-    GFlowNet,
-    GFlowNetGenerator,
-    LogPartitionVariance,
-    PolicyMLP,
-    SubTrajectoryBalance,
-    Trajectories,
-    TrajectoryBalance,
-    shared_trunk_policies,
-)
-from flowforge.gflownet.multiobjective import (
-    OBJECTIVE_FUNCTIONS,
-    MultiObjectiveHyperGrid,
-    OrderPreservingTB,
-    dirichlet_preferences,
-    pareto_front,
-    pareto_share,
-)
+from flowforge.gflownet.log_partition_variance import LogPartitionVariance
+from flowforge.gflownet.order_preserving import OrderPreservingTB
 from flowforge.gflownet.outcome import (
     AmortizedConversion,
     OutcomeConditionedGFlowNet,
     OutcomeFineTuning,
     OutcomeGenerator,
+    complete_states,
     distill_policy,
     exact_conversion,
     exact_log_z,
 )
 from flowforge.gflownet.replay import PrioritizedReplayBuffer, ReplayBuffer
-from flowforge.gflownet.sets import SetGeneration, TopKTracker, fl_gfn_energies
+from flowforge.gflownet.sampler import backward_rollout, rollout
+from flowforge.gflownet.state_flow import StateFlowGFlowNet
+from flowforge.gflownet.subtrajectory_balance import SubTrajectoryBalance
+from flowforge.gflownet.trajectories import Trajectories
+from flowforge.gflownet.trajectory_balance import TrajectoryBalance
+from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
 
 __all__ = [
     "AmortizedConversion",
     "OutcomeConditionedGFlowNet",
     "OutcomeFineTuning",
     "OutcomeGenerator",
+    "complete_states",
     "distill_policy",
     "exact_conversion",
     "exact_log_z",
@@ -81,10 +124,12 @@ __all__ = [
     "PrioritizedReplayBuffer",
     "ReplayBuffer",
     "SetGeneration",
+    "StateFlowGFlowNet",
     "SubTrajectoryBalance",
     "TopKTracker",
     "Trajectories",
     "TrajectoryBalance",
+    "backward_rollout",
     "exact_flows",
     "exact_metrics",
     "fl_gfn_energies",
@@ -93,6 +138,7 @@ __all__ = [
     "l1_sum",
     "logz_error",
     "modes_found",
+    "rollout",
     "shared_trunk_policies",
     "terminal_distribution",
 ]

@@ -56,14 +56,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from flowforge.gflownet.envs import BitSequence
-from flowforge.gflownet.losses import PolicyMLP, Trajectories, TrajectoryBalance, _masked_log_softmax
+from flowforge.gflownet.envs.bitseq import BitSequence
+from flowforge.gflownet.sampler import rollout as forward_rollout
+from flowforge.gflownet.trajectories import Trajectories
+from flowforge.gflownet.trajectory_balance import TrajectoryBalance
+from flowforge.nn.policy import PolicyMLP, masked_log_softmax
 
 __all__ = [
     "AmortizedConversion",
@@ -89,8 +92,6 @@ def complete_states(env: Any) -> Tensor:
 
 
 def _check_env(env: Any) -> None:
-    from flowforge.gflownet.envs import BitSequence
-
     if not isinstance(env, BitSequence):  # prefix order is assumed (append-only: one path per outcome)
         raise TypeError(
             f"outcome-conditioned GFlowNets here need an append-only BitSequence; got {type(env).__name__}"
@@ -101,40 +102,6 @@ def _check_env(env: Any) -> None:
                 f"outcome-conditioned GFlowNets need a BitSequence-like environment (missing {name!r}); "
                 f"got {type(env).__name__}: use flowforge.gflownet.BitSequence"
             )
-
-
-def _rollout(
-    env: Any, log_probs: Any, n: int, generator: torch.Generator | None, epsilon: float, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """``(T + 1, n, ndim)`` states and ``(T, n)`` actions (``-1`` after stop; the last state repeats)
-    of ``n`` rollouts of a policy ``log_probs(states, rows) -> (B, n_actions)`` mixed with
-    :math:`\\epsilon`-uniform exploration (``rows``: the trajectories the states belong to)."""
-    stop = env.n_actions - 1
-    s = env.s0.to(device).expand(n, -1).clone()
-    states, actions = [s], []
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    rows = torch.arange(n, device=device)
-    for _ in range(env.max_length):
-        with torch.no_grad():
-            mask = env.forward_mask(s)
-            p = log_probs(s, rows).exp()
-            p = torch.where(mask, p, p.new_zeros(()))
-            if epsilon > 0:
-                u = mask.to(p.dtype)
-                p = (1 - epsilon) * p + epsilon * u / u.sum(-1, keepdim=True)
-            a = torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(device)
-        a = torch.where(done, torch.full_like(a, -1), a)
-        nxt = s.clone()
-        go = a >= 0
-        if bool(go.any()):
-            nxt[go] = env.step(s[go], a[go])
-        states.append(nxt)
-        actions.append(a)
-        s = nxt
-        done = done | (a == stop)
-        if bool(done.all()):
-            break
-    return torch.stack(states), torch.stack(actions)
 
 
 class OutcomeConditionedGFlowNet(nn.Module):
@@ -164,6 +131,10 @@ class OutcomeConditionedGFlowNet(nn.Module):
         >>> 0.0 <= oc.success_rate() <= 1.0
         True
     """
+
+    key: ClassVar[str] = "ocgfn"
+    options: ClassVar[tuple[str, ...]] = ("log_floor", "epsilon", "hindsight")
+    makes_own_batches: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -217,7 +188,7 @@ class OutcomeConditionedGFlowNet(nn.Module):
 
     def forward_log_probs(self, states: Tensor, outcomes: Tensor) -> Tensor:
         """``(B, n_actions)`` masked :math:`\\log P_F(\\cdot|s, y)` (``-inf`` where not allowed)."""
-        return _masked_log_softmax(self._out(states, outcomes)[:, :-1], self.env.forward_mask(states))
+        return masked_log_softmax(self._out(states, outcomes)[:, :-1], self.env.forward_mask(states))
 
     def log_flow(self, states: Tensor, outcomes: Tensor) -> Tensor:
         """``(B,)`` :math:`\\log F(s|y)`."""
@@ -244,8 +215,14 @@ class OutcomeConditionedGFlowNet(nn.Module):
         y = self.sample_outcomes(n, generator) if isinstance(n, int) else n.to(self._device)
         self._check_outcomes(y)
         eps = self.epsilon if epsilon is None else epsilon
-        S, A = _rollout(
-            self.env, lambda s, r: self.forward_log_probs(s, y[r]), y.shape[0], generator, eps, self._device
+        S, A = forward_rollout(
+            self.env,
+            lambda s, allowed: self.forward_log_probs(s, y),
+            y.shape[0],
+            generator,
+            epsilon=eps,
+            device=self._device,
+            dtype=self._dtype,
         )
         return y, self._trajectories(S, A, y)
 
@@ -270,7 +247,7 @@ class OutcomeConditionedGFlowNet(nn.Module):
         flat = tr.states.reshape(T1 * B, d)
         out = self._out(flat, yy)
         lf = out[:, -1].reshape(T1, B)
-        lp = _masked_log_softmax(out[:, :-1], env.forward_mask(flat)).reshape(T1, B, -1)[:T]
+        lp = masked_log_softmax(out[:, :-1], env.forward_mask(flat)).reshape(T1, B, -1)[:T]
         lpf = lp.gather(2, tr.actions.clamp(min=0)[..., None]).squeeze(2)
         stop = env.n_actions - 1
         move = tr.valid & (tr.actions != stop)
@@ -442,7 +419,7 @@ def distill_policy(
     target = log_probs[keep].exp().to(x.dtype)
     opt = torch.optim.Adam(pf.parameters(), lr=lr)
     for _ in range(steps):
-        lp = _masked_log_softmax(pf(x), m)
+        lp = masked_log_softmax(pf(x), m)
         loss = -(target * torch.where(m, lp, lp.new_zeros(()))).sum(1).mean()
         opt.zero_grad()
         loss.backward()
@@ -499,6 +476,10 @@ class AmortizedConversion(nn.Module):
         'TrajectoryBalance'
     """
 
+    key: ClassVar[str] = "oc-conversion"
+    options: ClassVar[tuple[str, ...]] = ("epsilon",)
+    makes_own_batches: ClassVar[bool] = True
+
     def __init__(
         self,
         model: OutcomeConditionedGFlowNet,
@@ -536,7 +517,7 @@ class AmortizedConversion(nn.Module):
 
     def forward_log_probs(self, states: Tensor) -> Tensor:
         """``(B, n_actions)`` masked :math:`\\log \\pi(\\cdot|s)`, :math:`\\pi \\propto N`."""
-        return _masked_log_softmax(self.log_numerator(states), self.env.forward_mask(states))
+        return masked_log_softmax(self.log_numerator(states), self.env.forward_mask(states))
 
     def _q_logits(self, partial: Tensor, ctx: Tensor) -> Tensor:
         x = torch.cat([self.env.obs(partial).to(self._dtype), ctx], dim=1)
@@ -602,7 +583,15 @@ class AmortizedConversion(nn.Module):
         """:meth:`residuals`, the ``(n, n_words)`` rollout end points and the ``(M, n_words)`` outcomes
         drawn from :math:`Q`: every string whose reward the step evaluated (for discovery counts)."""
         env = self.env
-        S, A = _rollout(env, lambda s, r: self.forward_log_probs(s), n, generator, self.epsilon, self._device)
+        S, A = forward_rollout(
+            env,
+            lambda s, allowed: self.forward_log_probs(s),
+            n,
+            generator,
+            epsilon=self.epsilon,
+            device=self._device,
+            dtype=self._dtype,
+        )
         move = (A >= 0) & (A != env.n_actions - 1)
         lengths = (A >= 0).sum(0)
         terminal = S[lengths - 1, torch.arange(n, device=S.device)]
@@ -656,6 +645,10 @@ class OutcomeFineTuning(nn.Module):
         >>> ft.loss(batch).item() >= 0, int(ft.step), ft.loss(batch).item() >= 0, int(ft.step)
         (True, 1, True, 2)
     """
+
+    key: ClassVar[str] = "oc-finetune"
+    options: ClassVar[tuple[str, ...]] = ("convert_steps", "epsilon", "tb_epsilon", "log_z_lr_scale")
+    makes_own_batches: ClassVar[bool] = True
 
     def __init__(
         self,

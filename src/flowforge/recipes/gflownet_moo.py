@@ -40,10 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowforge.gflownet.losses import GFlowNet, TrajectoryBalance
-from flowforge.gflownet.multiobjective import (
+from flowforge.gflownet import (
+    GFlowNet,
     MultiObjectiveHyperGrid,
     OrderPreservingTB,
+    TrajectoryBalance,
     dirichlet_preferences,
     pareto_share,
 )

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowforge.gflownet import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.envs import BitSequence
 from flowforge.gflownet.exact import modes_found
-from flowforge.gflownet.losses import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.outcome import OutcomeConditionedGFlowNet, OutcomeFineTuning
 from flowforge.recipes.gflownet import exact_outputs, sample_terminal
 from flowforge.recipes.registry import Recipe, register

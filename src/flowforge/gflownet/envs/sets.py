@@ -98,10 +98,10 @@ class SetGeneration:
         full = self.level(states) >= self.set_size
         return torch.cat([(states == 0) & ~full[:, None], full[:, None]], dim=1)
 
-    def _forward_forbidden(self, states: Tensor) -> Tensor:
+    def forward_forbidden(self, states: Tensor) -> Tensor:
         return ~self.forward_mask(states)
 
-    def _step_delta(self) -> Tensor:
+    def step_delta(self) -> Tensor:
         """``(n_items + 1, n_items)``: adding item ``a`` is ``s + e_a``; stop adds nothing."""
         return self._units
 
