@@ -183,7 +183,7 @@ CASES = [
     _case("strings", TRAIN_ON + "strings.npy", "non-numeric", "float"),
     _case("object array (pickle)", TRAIN_ON + "objects.npy", "pickle", "float"),
     _case("complex", TRAIN_ON + "complex.npy", "complex", "real"),
-    _case("bool", TRAIN_ON + "bools.npy", "bool", "float"),
+    _case("bool", TRAIN_ON + "bools.npy", "booleans", "astype(np.float32)"),
     # extension
     _case(".txt", TRAIN_ON + "points.txt", ".txt", ".csv"),
     _case(".json", TRAIN_ON + "points.json", ".json", ".npy"),

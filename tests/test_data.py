@@ -7,6 +7,7 @@ import doctest
 import importlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +309,15 @@ def test_load_errors(tmp_path, arr) -> None:
         load_array(tmp_path / "junk.safetensors")
 
 
+def test_safetensors_without_the_package(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(3, 2)}, str(tmp_path / "a.safetensors"))
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import safetensors now raises ImportError
+    with pytest.raises(ValueError, match=r"needs the safetensors package; pip install"):
+        load_array(tmp_path / "a.safetensors")
+
+
 def test_load_errors_tell_what_to_write_instead(tmp_path) -> None:
     """Every message has the shape ``<what was wrong>; <what to write instead>``."""
     cases = {"a.pt": b"x", "a.txt": b"1", "a": b"1", "zero.npy": b"", "bad.csv": b"1,2\n3,x\n"}
@@ -325,6 +335,8 @@ def test_standardizer_fits_data_near_float32_limits() -> None:
     z = s.forward(x)
     assert torch.isfinite(z).all() and abs(float(z.std(0, correction=0).mean()) - 1.0) < 1e-5
     torch.testing.assert_close(s.inverse(z), x, rtol=1e-5, atol=0.0)
+    with pytest.raises(ValueError, match=r"overflows torch.float64; rescale"):
+        Standardizer.fit(torch.tensor([[1e160], [-1e160]], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------- check_finite

@@ -149,8 +149,8 @@ def _read_safetensors(path: Path) -> Tensor:
         from safetensors import safe_open
     except ImportError:
         raise ValueError(
-            f"reading {path} needs the safetensors package; pip install safetensors, or save the array "
-            "with numpy.save instead"
+            f"reading {path} needs the safetensors package; pip install 'flowforge[safetensors]' (or "
+            "safetensors), or save the array with numpy.save instead"
         ) from None
     try:
         with safe_open(str(path), framework="pt") as fh:
