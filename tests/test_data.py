@@ -7,6 +7,8 @@ import doctest
 import importlib
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +54,13 @@ def test_toy2d_errors() -> None:
         toy2d("moons", -1)
     with pytest.raises(ValueError, match=">= 0"):
         toy2d("moons", 5, noise=-0.1)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"finite.*; write e\.g\. noise=0\.05"):
+            toy2d("moons", 5, noise=bad)
+    with pytest.raises(ValueError, match="did you mean 'moons'"):
+        toy2d("moonz", 5)
+    with pytest.raises(ValueError, match="integer n"):
+        toy2d("moons", 2.5)
 
 
 def test_moons_geometry_without_noise() -> None:
@@ -142,7 +151,9 @@ def _expect(t: torch.Tensor, a: np.ndarray) -> None:
     assert torch.equal(t, torch.from_numpy(a.astype(np.float32)))
 
 
-def test_load_npy_npz_pt_round_trip(tmp_path, arr) -> None:
+def test_load_npy_npz_safetensors_round_trip(tmp_path, arr) -> None:
+    from safetensors.torch import save_file
+
     np.save(tmp_path / "a.npy", arr)
     _expect(load_array(tmp_path / "a.npy"), arr)
     np.savez(tmp_path / "single.npz", whatever=arr)
@@ -151,14 +162,16 @@ def test_load_npy_npz_pt_round_trip(tmp_path, arr) -> None:
     _expect(load_array(str(tmp_path / "keyed.npz")), arr)
     np.savez(tmp_path / "pos.npz", arr, np.zeros(3))  # arr_0, arr_1
     _expect(load_array(tmp_path / "pos.npz"), arr)
-    torch.save(torch.from_numpy(arr), tmp_path / "a.pt")
-    _expect(load_array(tmp_path / "a.pt"), arr)
-    torch.save({"samples": torch.from_numpy(arr)}, tmp_path / "d.pth")
-    _expect(load_array(tmp_path / "d.pth"), arr)
-    torch.save({"data": torch.from_numpy(arr), "y": torch.zeros(6)}, tmp_path / "d2.pt")
-    _expect(load_array(tmp_path / "d2.pt"), arr)
+    save_file({"samples": torch.from_numpy(arr)}, str(tmp_path / "one.safetensors"))
+    _expect(load_array(tmp_path / "one.safetensors"), arr)
+    save_file({"data": torch.from_numpy(arr), "y": torch.zeros(6)}, str(tmp_path / "keyed.safetensors"))
+    _expect(load_array(tmp_path / "keyed.safetensors"), arr)
+    save_file({"x": torch.from_numpy(arr).to(torch.bfloat16)}, str(tmp_path / "bf16.safetensors"))
+    assert load_array(tmp_path / "bf16.safetensors").dtype == torch.float32
     np.save(tmp_path / "ints.npy", np.arange(6).reshape(3, 2))
     _expect(load_array(tmp_path / "ints.npy"), np.arange(6).reshape(3, 2))
+    np.save(tmp_path / "f32max.npy", np.full((2, 2), np.finfo(np.float32).max, dtype=np.float64))
+    assert torch.isfinite(load_array(tmp_path / "f32max.npy")).all()
 
 
 def test_load_csv_round_trip(tmp_path, arr) -> None:
@@ -170,33 +183,112 @@ def test_load_csv_round_trip(tmp_path, arr) -> None:
     assert load_array(tmp_path / "col.csv").shape == (3, 1)
 
 
+class _Trap:
+    """Unpickling this object touches ``marker``: proof that a loader ran code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickles_are_never_unpickled(tmp_path, monkeypatch) -> None:
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    trap = _Trap(marker)
+    torch.save({"x": torch.zeros(3, 2), "trap": trap}, tmp_path / "a.pt")
+    torch.save(torch.zeros(3, 2), tmp_path / "b.pth")
+    (tmp_path / "c.pkl").write_bytes(pickle.dumps(trap))
+    (tmp_path / "d.npy").write_bytes(pickle.dumps(trap))  # a pickle under a .npy name
+    np.save(tmp_path / "e.npy", np.array([[trap, 1.0]], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "f.npz", x=np.array([[trap, 1.0]], dtype=object))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_array must never unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    expected = {
+        "a.pt": r"pickle.*never unpickles.*numpy\.save.*safetensors",
+        "b.pth": r"pickle.*numpy\.save.*safetensors",
+        "c.pkl": r"pickle.*numpy\.save.*safetensors",
+        "d.npy": r"not a \.npy file",
+        "e.npy": r"Python objects.*never unpickles",
+        "f.npz": r"Python objects.*never unpickles",
+    }
+    for name, pattern in expected.items():
+        with pytest.raises(ValueError, match=pattern):
+            load_array(tmp_path / name)
+    assert not marker.exists()
+    monkeypatch.undo()
+    pickle.loads((tmp_path / "c.pkl").read_bytes())  # the trap works: unpickling it runs code
+    assert marker.exists()
+
+
 def test_load_errors(tmp_path, arr) -> None:
+    from safetensors.torch import save_file
+
     missing = tmp_path / "nope.npy"
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         load_array(missing)
     (tmp_path / "a.txt").write_text("1,2\n")
     with pytest.raises(ValueError, match=r"\.txt") as err:
         load_array(tmp_path / "a.txt")
-    for ext in (".npy", ".npz", ".pt", ".pth", ".csv"):
+    for ext in (".npy", ".npz", ".safetensors", ".csv"):
         assert ext in str(err.value)
+    (tmp_path / "dir.npy").mkdir()
+    with pytest.raises(ValueError, match="directory"):
+        load_array(tmp_path / "dir.npy")
+    for ext in (".npy", ".npz", ".csv", ".safetensors"):
+        (tmp_path / f"zero{ext}").write_bytes(b"")
+        with pytest.raises(ValueError, match=r"empty \(0 bytes\)"):
+            load_array(tmp_path / f"zero{ext}")
     np.save(tmp_path / "flat.npy", np.arange(5.0))
     with pytest.raises(ValueError, match=r"1-D.*\(N, 1\)"):
         load_array(tmp_path / "flat.npy")
     np.save(tmp_path / "img.npy", np.zeros((4, 3, 2)))
     with pytest.raises(ValueError, match=r"\(4, 3, 2\).*expected \(N, D\)"):
         load_array(tmp_path / "img.npy")
+    np.save(tmp_path / "cut.npy", np.zeros((100, 2)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"truncated.*\(100, 2\)"):
+        load_array(tmp_path / "cut.npy")
+    np.savez(tmp_path / "z.npz", x=arr)
+    (tmp_path / "z.npy").write_bytes((tmp_path / "z.npz").read_bytes())
+    with pytest.raises(ValueError, match=r"rename it to \.npz"):
+        load_array(tmp_path / "z.npy")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "z.npz").read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"not a readable \.npz"):
+        load_array(tmp_path / "cut.npz")
     np.save(tmp_path / "str.npy", np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(ValueError, match="non-numeric"):
         load_array(tmp_path / "str.npy")
-    np.save(tmp_path / "obj.npy", np.array([[1, None]], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="non-numeric"):
-        load_array(tmp_path / "obj.npy")
+    np.save(tmp_path / "cplx.npy", np.ones((3, 2), dtype=np.complex128))
+    with pytest.raises(ValueError, match=r"complex.*x\.real, x\.imag"):
+        load_array(tmp_path / "cplx.npy")
+    np.save(tmp_path / "bool.npy", np.ones((3, 2), dtype=bool))
+    with pytest.raises(ValueError, match=r"booleans.*astype\(np\.float32\)"):
+        load_array(tmp_path / "bool.npy")
+    save_file({"x": torch.ones(3, 2, dtype=torch.bool)}, str(tmp_path / "bool.safetensors"))
+    with pytest.raises(ValueError, match="booleans"):
+        load_array(tmp_path / "bool.safetensors")
+    big = np.ones((3, 2))
+    big[2, 1] = -1e39
+    np.save(tmp_path / "big.npy", big)
+    with pytest.raises(ValueError, match=r"up to 1e\+39 \(first in row 2\).*float32.*rescale"):
+        load_array(tmp_path / "big.npy")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n3,oops\n")
     with pytest.raises(ValueError, match=r"line 3 is not numeric"):
         load_array(tmp_path / "bad.csv")
     (tmp_path / "ragged.csv").write_text("1,2\n3\n")
     with pytest.raises(ValueError, match="columns"):
         load_array(tmp_path / "ragged.csv")
+    (tmp_path / "head.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="only a header row.*add one row"):
+        load_array(tmp_path / "head.csv")
     np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
     with pytest.raises(ValueError, match="empty"):
         load_array(tmp_path / "empty.npy")
@@ -206,15 +298,45 @@ def test_load_errors(tmp_path, arr) -> None:
     np.savez(tmp_path / "amb.npz", a=arr, b=arr)
     with pytest.raises(ValueError, match=r"\['a', 'b'\].*'x'"):
         load_array(tmp_path / "amb.npz")
-    torch.save({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, tmp_path / "amb.pt")
+    np.savez(tmp_path / "none.npz")
+    with pytest.raises(ValueError, match=r"no arrays.*np\.savez"):
+        load_array(tmp_path / "none.npz")
+    save_file({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, str(tmp_path / "amb.safetensors"))
     with pytest.raises(ValueError, match=r"\['a', 'b'\]"):
-        load_array(tmp_path / "amb.pt")
-    torch.save({"x": np.zeros((2, 2))}, tmp_path / "np.pt")  # a pickled numpy array is refused
-    with pytest.raises(ValueError, match=r"weights_only.*torch.save\(x, path\)"):
-        load_array(tmp_path / "np.pt")
-    torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match="not a tensor"):
-        load_array(tmp_path / "list.pt")
+        load_array(tmp_path / "amb.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(ValueError, match=r"not a readable safetensors file.*save_file"):
+        load_array(tmp_path / "junk.safetensors")
+
+
+def test_safetensors_without_the_package(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(3, 2)}, str(tmp_path / "a.safetensors"))
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import safetensors now raises ImportError
+    with pytest.raises(ValueError, match=r"needs the safetensors package; pip install"):
+        load_array(tmp_path / "a.safetensors")
+
+
+def test_load_errors_tell_what_to_write_instead(tmp_path) -> None:
+    """Every message has the shape ``<what was wrong>; <what to write instead>``."""
+    cases = {"a.pt": b"x", "a.txt": b"1", "a": b"1", "zero.npy": b"", "bad.csv": b"1,2\n3,x\n"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match="; ") as err:
+            load_array(tmp_path / name)
+        assert "\n" not in str(err.value)
+
+
+def test_standardizer_fits_data_near_float32_limits() -> None:
+    x = torch.tensor([[1e30, -1e30], [2e30, 1e30], [-1e30, 3e30], [0.0, 1e30]])
+    s = Standardizer.fit(x)  # the variance (~1e60) overflows float32; the fit runs in float64
+    assert s.std.dtype == torch.float32 and torch.isfinite(s.std).all()
+    z = s.forward(x)
+    assert torch.isfinite(z).all() and abs(float(z.std(0, correction=0).mean()) - 1.0) < 1e-5
+    torch.testing.assert_close(s.inverse(z), x, rtol=1e-5, atol=0.0)
+    with pytest.raises(ValueError, match=r"overflows torch.float64; rescale"):
+        Standardizer.fit(torch.tensor([[1e160], [-1e160]], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------- check_finite

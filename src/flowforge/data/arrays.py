@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,32 +13,52 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SUPPORTED_EXTENSIONS", "Standardizer", "check_finite", "load_array"]
+__all__ = ["PICKLE_EXTENSIONS", "SUPPORTED_EXTENSIONS", "Standardizer", "check_finite", "load_array"]
 
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".pt", ".pth", ".csv")
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".safetensors", ".csv")
 """File extensions :func:`load_array` reads."""
+
+#: Extensions of pickles, which :func:`load_array` refuses without opening (unpickling can run code).
+PICKLE_EXTENSIONS: tuple[str, ...] = (".pt", ".pth", ".pkl", ".pickle", ".joblib", ".ckpt", ".bin")
 
 _PREFERRED_KEYS = ("x", "data", "arr_0")
 
+#: How to write each format, for the "what to write instead" half of the messages.
+_HOW = {
+    ".npy": "np.save(path, x.astype(np.float32))",
+    ".npz": "np.savez(path, x=x.astype(np.float32))",
+    ".safetensors": "safetensors.torch.save_file({'x': x.float().contiguous()}, path)",
+    ".csv": "one row per sample of comma-separated numbers, e.g. np.savetxt(path, x, delimiter=',')",
+}
+_SAVE_INSTEAD = (
+    "save the array with numpy.save (x.npy: np.save('x.npy', x.numpy())) or safetensors "
+    "(x.safetensors: safetensors.torch.save_file({'x': x}, 'x.safetensors'))"
+)
+_F32_MAX = float(np.finfo(np.float32).max)
 
-def _pick_entry(entries: dict[str, Any], path: Path, kind: str) -> Any:
-    """Choose the single array of a ``.npz`` / dict checkpoint, or the one under a preferred key."""
-    if len(entries) == 0:
-        raise ValueError(f"{path} is empty: the {kind} holds no arrays; save one (N, D) array in it")
-    if len(entries) == 1:
-        return next(iter(entries.values()))
+
+def _pick_key(keys: list[str], path: Path, kind: str) -> str:
+    """The single key of a ``.npz`` / ``.safetensors`` file, or the preferred one among several."""
+    how = _HOW[path.suffix.lower()]
+    if len(keys) == 0:
+        raise ValueError(f"{path} holds no arrays (an empty {kind}); save one (N, D) array in it: {how}")
+    if len(keys) == 1:
+        return keys[0]
     for key in _PREFERRED_KEYS:
-        if key in entries:
-            return entries[key]
+        if key in keys:
+            return key
     raise ValueError(
-        f"{path} holds several arrays {sorted(entries)} and none is named {' / '.join(_PREFERRED_KEYS)}; "
-        "save the data under the key 'x' (e.g. np.savez(path, x=data)) or keep a single array in the file"
+        f"{path} holds several arrays {sorted(keys)} and none is named {' / '.join(_PREFERRED_KEYS)}; "
+        f"keep one array in the file or save the data under the key 'x': {how}"
     )
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    with open(path, encoding="utf-8") as fh:
-        lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (not UTF-8); write {_HOW['.csv']}") from None
     if not lines:
         raise ValueError(f"{path} is empty; write one row per sample with comma-separated numbers")
     skip = 0
@@ -47,7 +68,10 @@ def _read_csv(path: Path) -> np.ndarray:
         skip = 1  # the first row is a header
     body = lines[skip:]
     if not body:
-        raise ValueError(f"{path} holds only a header row {lines[0]!r} and no data rows")
+        raise ValueError(
+            f"{path} holds only a header row {lines[0][:80]!r} and no data rows; add one row of "
+            "comma-separated numbers per sample below it"
+        )
     rows = []
     width = None
     for i, line in enumerate(body, start=skip + 1):
@@ -69,45 +93,143 @@ def _read_csv(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _to_tensor(obj: Any, path: Path) -> Tensor:
-    if isinstance(obj, Tensor):
-        if obj.is_complex() or not (obj.is_floating_point() or obj.dtype in _INT_TORCH):
-            raise ValueError(f"{path} holds a {obj.dtype} tensor, not real numbers; save a float array")
-        return obj.detach().to("cpu", torch.float32)
-    arr = np.asarray(obj) if not isinstance(obj, np.ndarray) else obj
-    if arr.dtype.kind not in "biuf":
+def _read_npy(path: Path) -> np.ndarray:
+    header: tuple[Any, ...] | None = None
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+        if magic[:2] == b"PK":
+            raise ValueError(f"{path} is a zip (.npz) archive, not a .npy file; rename it to .npz")
+        if magic != b"\x93NUMPY":
+            raise ValueError(f"{path} is not a .npy file (no NUMPY header); write it with {_HOW['.npy']}")
+        fh.seek(0)
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                header = np.lib.format.read_array_header_2_0(fh)
+        except (ValueError, EOFError, OSError) as exc:
+            raise ValueError(
+                f"{path} has a damaged .npy header ({exc}); write it again with {_HOW['.npy']}"
+            ) from None
+    if header is not None and header[2].hasobject:
         raise ValueError(
-            f"{path} holds non-numeric data (dtype {arr.dtype}); save a float array, "
-            "e.g. np.save(path, x.astype(np.float32))"
+            f"{path} holds Python objects (dtype {header[2]}) that only pickle can load, and flowforge never "
+            f"unpickles data files; save numbers instead: {_HOW['.npy']}"
         )
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        promise = f" (its header promises shape {header[0]} of {header[2]})" if header is not None else ""
+        raise ValueError(
+            f"{path} is truncated or damaged{promise}: {str(exc).splitlines()[0]}; write it again with "
+            f"{_HOW['.npy']}"
+        ) from None
 
 
-_INT_TORCH = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+def _read_npz(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[_pick_key(list(archive.files), path, ".npz archive")]
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise
+        raise ValueError(
+            f"{path} holds Python objects that only pickle can load, and flowforge never unpickles data "
+            f"files; save numbers instead: {_HOW['.npz']}"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ValueError(
+            f"{path} is not a readable .npz archive ({exc}); write it again with {_HOW['.npz']}"
+        ) from None
+
+
+def _read_safetensors(path: Path) -> Tensor:
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise ValueError(
+            f"reading {path} needs the safetensors package; pip install 'flowforge[safetensors]' (or "
+            "safetensors), or save the array with numpy.save instead"
+        ) from None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.get_tensor(_pick_key(list(fh.keys()), path, ".safetensors file"))
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors_rust.SafetensorError and I/O errors
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}); write it with "
+            f"{_HOW['.safetensors']}"
+        ) from None
+
+
+def _to_tensor(obj: np.ndarray | Tensor, path: Path) -> Tensor:
+    kind = obj.dtype.kind if isinstance(obj, np.ndarray) else None
+    if isinstance(obj, Tensor):
+        if obj.is_complex():
+            kind = "c"
+        elif obj.dtype == torch.bool:
+            kind = "b"
+        else:
+            kind = "f" if obj.is_floating_point() else "i"
+    if kind == "c":
+        raise ValueError(
+            f"{path} holds complex numbers (dtype {obj.dtype}), not real ones; save the real and imaginary "
+            "parts as separate columns, e.g. np.concatenate([x.real, x.imag], axis=1)"
+        )
+    if kind == "b":
+        raise ValueError(
+            f"{path} holds booleans (dtype {obj.dtype}), which a continuous flow cannot model; if 0/1 values "
+            "are what you mean, save them as numbers: x.astype(np.float32)"
+        )
+    if kind not in ("i", "u", "f"):
+        raise ValueError(
+            f"{path} holds non-numeric data (dtype {obj.dtype}); save a float array, e.g. {_HOW['.npy']}"
+        )
+    if isinstance(obj, Tensor):
+        wide = obj.detach().to("cpu", torch.float64)
+    else:
+        wide = torch.from_numpy(np.asarray(obj, dtype=np.float64))
+    big = torch.isfinite(wide) & (wide.abs() > _F32_MAX)  # nan / inf: check_finite names them
+    if bool(big.any()):
+        i = int(torch.nonzero(big.any(dim=1))[0, 0])
+        top = float(wide[big].abs().max())
+        raise ValueError(
+            f"{path} holds values up to {top:.3g} (first in row {i}), beyond float32's range of "
+            f"{_F32_MAX:.3g}; rescale the data (e.g. divide by {10 ** math.ceil(math.log10(top)):.0e}) or "
+            "take its logarithm before saving"
+        )
+    return wide.to(torch.float32)
 
 
 def load_array(path: str | os.PathLike[str]) -> Tensor:
-    """Read an ``(N, D)`` data array from disk as a float32 tensor.
+    """Read an ``(N, D)`` data array from disk as a float32 tensor, never unpickling anything.
 
     Formats (chosen by extension, see :data:`SUPPORTED_EXTENSIONS`):
 
-    - ``.npy``: one array (loaded with ``allow_pickle=False``).
+    - ``.npy``: one array (``allow_pickle=False``; object arrays are refused).
     - ``.npz``: the single array in the archive, else the one under ``x``, ``data`` or ``arr_0``.
-    - ``.pt`` / ``.pth``: a tensor, or a dict holding one tensor (else the key ``x``, ``data`` or
-      ``arr_0``), loaded with ``torch.load(weights_only=True)`` so no code from the file is run.
+    - ``.safetensors``: the single tensor in the file, else the one under ``x``, ``data`` or ``arr_0``
+      (needs the ``safetensors`` package).
     - ``.csv``: comma-separated numbers, one sample per row; a first row that does not parse as numbers
       is taken as a header and skipped.
+
+    Pickles (``.pt`` / ``.pth`` from ``torch.save``, ``.pkl``, see :data:`PICKLE_EXTENSIONS`) are refused
+    without being opened, since unpickling runs code from the file: save with ``numpy.save`` or
+    ``safetensors`` instead.
 
     Args:
         path: file to read.
 
     Returns:
-        Tensor of shape ``(N, D)``, dtype float32, on the CPU. Booleans and integers are converted.
+        Tensor of shape ``(N, D)``, dtype float32, on the CPU. Integers are converted.
 
     Raises:
         FileNotFoundError: the file does not exist (the message names the path).
-        ValueError: unsupported extension, 1-D or >2-D array, non-numeric content, an empty array, or an
-            ambiguous ``.npz`` / dict; each message says what to write instead.
+        ValueError: unsupported extension, a pickle, a directory, an empty, truncated or damaged file, a
+            1-D or >2-D array, non-numeric, complex or boolean content, values beyond float32's range, or
+            an ambiguous archive; each message says what to write instead.
 
     Example:
         >>> import tempfile, numpy as np
@@ -118,67 +240,49 @@ def load_array(path: str | os.PathLike[str]) -> Tensor:
     """
     path = Path(path)
     ext = path.suffix.lower()
+    if ext in PICKLE_EXTENSIONS:
+        raise ValueError(
+            f"{path} is a pickle ({ext}, e.g. from torch.save), and flowforge never unpickles data files "
+            f"(unpickling runs code from the file); {_SAVE_INSTEAD}"
+        )
     if ext not in SUPPORTED_EXTENSIONS:
         raise ValueError(
             f"cannot read {path}: unsupported extension {ext or '(none)'!r}; "
-            f"supported extensions are {', '.join(SUPPORTED_EXTENSIONS)}"
+            f"save it as one of {', '.join(SUPPORTED_EXTENSIONS)} (e.g. np.save('x.npy', x))"
         )
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a data file; give the path of one {ext} file in it")
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path} (resolved to {path.resolve()})")
+        raise FileNotFoundError(
+            f"data file not found: {path} (resolved to {path.resolve()}); check the path and the current folder"
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); write the data with {_HOW[ext]}")
 
+    obj: np.ndarray | Tensor
     if ext == ".npy":
-        try:
-            obj: Any = np.load(path, allow_pickle=False)
-        except ValueError as exc:  # object arrays need pickle
-            raise ValueError(
-                f"{path} holds non-numeric (object) data that would need pickle to load ({exc}); "
-                "save a float array, e.g. np.save(path, x.astype(np.float32))"
-            ) from None
+        obj = _read_npy(path)
     elif ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                obj = _pick_entry({k: archive[k] for k in archive.files}, path, ".npz archive")
-        except ValueError as exc:
-            if "pickle" not in str(exc):
-                raise
-            raise ValueError(
-                f"{path} holds non-numeric (object) data that would need pickle to load; "
-                "save float arrays, e.g. np.savez(path, x=x.astype(np.float32))"
-            ) from None
-    elif ext in (".pt", ".pth"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"{path} holds objects that safe loading (torch.load(weights_only=True)) refuses: "
-                f"{str(exc).splitlines()[0]}; save a plain tensor with torch.save(x, path)"
-            ) from None
-        if isinstance(obj, dict):
-            obj = _pick_entry(obj, path, "dict")
-        if not isinstance(obj, (Tensor, np.ndarray)):
-            raise ValueError(
-                f"{path} holds a {type(obj).__name__}, not a tensor; save the data with torch.save(x, path) "
-                "for an (N, D) tensor x, or a dict {'x': x}"
-            )
+        obj = _read_npz(path)
+    elif ext == ".safetensors":
+        obj = _read_safetensors(path)
     else:
         obj = _read_csv(path)
 
-    x = _to_tensor(obj, path)
-    if x.ndim == 1:
+    shape = tuple(obj.shape)
+    if len(shape) == 1:
         raise ValueError(
-            f"{path} holds a 1-D array of shape {tuple(x.shape)}; expected (N, D). For N scalar samples "
+            f"{path} holds a 1-D array of shape {shape}; expected (N, D). For N scalar samples "
             "save x.reshape(-1, 1), i.e. shape (N, 1)"
         )
-    if x.ndim != 2:
+    if len(shape) != 2:
         raise ValueError(
-            f"{path} holds an array of shape {tuple(x.shape)}; expected (N, D). Flatten each sample, "
+            f"{path} holds an array of shape {shape}; expected (N, D). Flatten each sample, "
             "e.g. x.reshape(len(x), -1)"
         )
-    if x.numel() == 0:
-        raise ValueError(
-            f"{path} holds an empty array of shape {tuple(x.shape)}; expected (N, D) with N, D >= 1"
-        )
-    return x.contiguous()
+    if 0 in shape:
+        raise ValueError(f"{path} holds an empty array of shape {shape}; expected (N, D) with N, D >= 1")
+    return _to_tensor(obj, path).contiguous()
 
 
 def check_finite(x: Tensor, what: str = "data") -> Tensor:
@@ -272,10 +376,17 @@ class Standardizer:
         if not x.is_floating_point():
             x = x.float()
         check_finite(x)
-        mean = x.mean(dim=0)
-        std = x.std(dim=0, correction=0)
+        # moments in float64: squares of float32 data beyond ~1e19 would overflow to inf
+        wide = x.detach().double()
+        mean = wide.mean(dim=0)
+        std = wide.std(dim=0, correction=0)
         std = torch.where(std > eps, std, torch.ones_like(std))
-        return cls(mean=mean.detach().clone(), std=std.detach().clone())
+        if not bool(torch.isfinite(std.to(x.dtype)).all()):
+            raise ValueError(
+                f"Standardizer.fit: the data's spread ({float(std.max()):.3g}) overflows {x.dtype}; rescale "
+                "the data (e.g. divide by its largest absolute value) before fitting"
+            )
+        return cls(mean=mean.to(x.dtype), std=std.to(x.dtype))
 
     def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)

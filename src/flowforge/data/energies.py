@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flowforge.core.choices import suggest, unknown_choice
 from flowforge.core.mcmc import parallel_tempering
 
 # numpy < 2 calls it trapz
@@ -124,7 +125,10 @@ class Energy(nn.Module):
         """Raise ``ValueError`` unless ``x`` has shape ``(B, dim)``."""
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} takes points of shape (B, {self.dim}); got {got}")
+            raise ValueError(
+                f"{type(self).__name__} takes points of shape (B, {self.dim}); got {got}; pass a batch of "
+                f"{self.dim}-dimensional points, e.g. x.reshape(-1, {self.dim})"
+            )
 
     def energy(self, x: Tensor) -> Tensor:
         """``E(x)`` in kT, ``(B, D) -> (B,)``."""
@@ -184,7 +188,7 @@ class Energy(nn.Module):
                 ``step_size``, ``mala_steps``).
         """
         if n < 1:
-            raise ValueError(f"reference_samples needs n >= 1, got {n}")
+            raise ValueError(f"reference_samples needs n >= 1, got {n}; ask for at least one sample")
         gen = torch.Generator().manual_seed(int(seed))
         if self.has_exact_sampler:
             return self.sample(n, generator=gen).float()
@@ -387,7 +391,9 @@ class ManyWell(Energy):
 
     def __init__(self, dim: int = 32) -> None:
         if dim < 2 or dim % 2:
-            raise ValueError(f"ManyWell needs an even dim >= 2 (pairs of coordinates), got {dim}")
+            raise ValueError(
+                f"ManyWell needs an even dim >= 2 (pairs of coordinates), got {dim}; write e.g. dim=32 (the default)"
+            )
         dw = _dw1d()
         super().__init__(dim, log_z=dim / 2 * (math.log(dw.z) + 0.5 * math.log(2 * math.pi)))
 
@@ -428,7 +434,12 @@ class _Particles(Energy):
 
     def __init__(self, n_particles: int, spatial_dim: int, com: str) -> None:
         if com not in ("gaussian", "free"):
-            raise ValueError(f"com must be 'gaussian' or 'free', got {com!r}")
+            raise unknown_choice("com", com, ("gaussian", "free"))
+        if int(n_particles) < 2 or int(spatial_dim) < 1:
+            raise ValueError(
+                f"a particle system needs n_particles >= 2 and spatial_dim >= 1, got {n_particles} and "
+                f"{spatial_dim}; write e.g. n_particles=4, spatial_dim=2"
+            )
         super().__init__(n_particles * spatial_dim)
         self.n_particles, self.spatial_dim, self.com = int(n_particles), int(spatial_dim), com
 
@@ -547,11 +558,16 @@ class LennardJones13(_Particles):
         com: Literal["gaussian", "free"] = "gaussian",
     ) -> None:
         if pairs not in ("unique", "ordered"):
-            raise ValueError(
-                f"pairs must be 'unique' (each pair once) or 'ordered' (DEM's i != j sum), got {pairs!r}"
+            raise unknown_choice(
+                "pairs",
+                pairs,
+                ("unique", "ordered"),
+                hint="'unique' sums each pair once, 'ordered' is DEM's i != j sum",
             )
         if not 0 <= soft_core < 1:
-            raise ValueError(f"soft_core is a fraction of rm in [0, 1), got {soft_core}")
+            raise ValueError(
+                f"soft_core is a fraction of rm in [0, 1), got {soft_core}; write e.g. soft_core=0.6"
+            )
         super().__init__(n_particles, spatial_dim, com)
         self.eps, self.rm, self.oscillator_scale = float(eps), float(rm), float(oscillator_scale)
         self.pairs, self.soft_core = pairs, float(soft_core)
@@ -634,7 +650,10 @@ def _import_target(spec: str) -> Any:
             loader_spec.loader.exec_module(module)
         except Exception as e:
             sys.modules.pop(name, None)
-            raise ValueError(f"importing {str(path)!r} failed with {type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"importing {str(path)!r} failed with {type(e).__name__}: {e}; fix that file (python {path} "
+                "shows the full traceback)"
+            ) from e
     else:
         try:
             module = importlib.import_module(mod_name)
@@ -644,14 +663,19 @@ def _import_target(spec: str) -> Any:
                 f"PYTHONPATH (e.g. run from its folder), or {how}"
             ) from e
         except Exception as e:
-            raise ValueError(f"importing module {mod_name!r} failed with {type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"importing module {mod_name!r} failed with {type(e).__name__}: {e}; fix that module "
+                f"(python -c 'import {mod_name}' shows the full traceback)"
+            ) from e
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            public = sorted(n for n in dir(module) if not n.startswith("_"))[:20]
+            own = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                   and getattr(v, "__module__", None) == module.__name__]  # fmt: skip
+            listed = ", ".join(repr(n) for n in sorted(own)[:20]) or "none"
             raise ValueError(
-                f"module {mod_name!r} has no attribute {attr!r}; it defines {public}. Write '{mod_name}:<name>' with "
-                f"the name of your energy function"
+                f"module {mod_name!r} has no attribute {attr!r}{suggest(attr, own)}; write '{mod_name}:<name>' with "
+                f"the name of your energy function (its own functions and classes: {listed})"
             )
         obj = getattr(obj, part)
     return obj
@@ -703,8 +727,10 @@ def user_energy(spec: str, dim: int | None = None, *, log_z: float | None = None
             raise ValueError(
                 f"{spec!r} has no integer 'dim' attribute; pass the dimension, e.g. dim=2 (CLI: --set dim=2)"
             )
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(
+            f"the energy's dim must be an integer >= 1, got {dim!r}; pass e.g. dim=2 (CLI: --set dim=2)"
+        )
     x = torch.randn(probe, dim, generator=torch.Generator().manual_seed(0))
     try:
         out = obj(x)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowforge.core.choices import suggest
+
 __all__ = [
     "ImageSet",
     "load_mnist",
@@ -53,16 +55,23 @@ class ImageSet(NamedTuple):
 
 
 def _read_idx(path: Path, md5: str | None) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ValueError(
+            f"{path} is not a readable gzip file ({exc}); delete it and load again to re-download"
+        ) from None
     if md5 is not None and hashlib.md5(raw).hexdigest() != md5:
         raise ValueError(f"{path} is damaged (md5 mismatch); delete it and load again to re-download")
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise ValueError(f"{path} is not an unsigned-byte IDX file; delete it and load again to re-download")
     ndim = raw[3]
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
-        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+        raise ValueError(
+            f"{path} is truncated: header says {shape}, found {data.size} bytes; delete it and load again"
+        )
     return data.reshape(shape)
 
 
@@ -98,7 +107,9 @@ def load_mnist(root: str | os.PathLike, split: str = "train", *, download: bool 
         ``ImageSet(x: (N, 1, 28, 28) uint8, y: (N,) int64, levels=256)``.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ValueError(
+            f"split must be 'train' or 'test', got {split!r}{suggest(split, ('train', 'test'))}; write split='train'"
+        )
     root = Path(root).expanduser()
     parts = {}
     for part in ("images", "labels"):
@@ -109,14 +120,17 @@ def load_mnist(root: str | os.PathLike, split: str = "train", *, download: bool 
         if not path.is_file():
             if not download:
                 raise FileNotFoundError(
-                    f"{root / name} not found; put the MNIST files there or load with download=True"
+                    f"{root / name} not found; put the MNIST files there (the four .gz files), or allow the download "
+                    "(download=True; CLI: --set download=true)"
                 )
             path = _fetch(name, root)
         parts[part] = _read_idx(path, md5)
     x = torch.from_numpy(parts["images"].copy()).unsqueeze(1)
     y = torch.from_numpy(parts["labels"].astype(np.int64))
     if len(x) != len(y):
-        raise ValueError(f"MNIST {split} in {root}: {len(x)} images but {len(y)} labels")
+        raise ValueError(
+            f"MNIST {split} in {root}: {len(x)} images but {len(y)} labels; delete both files and load again"
+        )
     return ImageSet(x, y, 256)
 
 
@@ -141,7 +155,10 @@ def load_digits(split: str = "all", *, test_fraction: float = 0.2, seed: int = 0
     if split == "all":
         return ImageSet(x, y, 17)
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+        raise ValueError(
+            f"split must be 'all', 'train' or 'test', got {split!r}{suggest(split, ('all', 'train', 'test'))}; "
+            "write split='train'"
+        )
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_test = round(test_fraction * len(x))
     idx = perm[:n_test] if split == "test" else perm[n_test:]

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from flowforge.core.choices import unknown_choice
+
 __all__ = ["TOY2D_NAMES", "toy2d"]
 
 
@@ -112,8 +114,8 @@ def toy2d(
         Tensor of shape ``(n, 2)`` and dtype ``dtype`` on the CPU.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the valid names), negative ``n`` or ``noise``,
-            or both ``generator`` and ``seed`` given.
+        ValueError: unknown ``name`` (the message lists the valid names), negative or non-integer ``n``,
+            negative or non-finite ``noise``, or both ``generator`` and ``seed`` given.
 
     Example:
         >>> x = toy2d("moons", 1000, seed=0)
@@ -123,17 +125,20 @@ def toy2d(
         True
     """
     if name not in _TOYS:
-        raise ValueError(f"unknown toy2d name {name!r}; valid names are: {', '.join(TOY2D_NAMES)}")
-    if int(n) != n or n < 0:
-        raise ValueError(f"toy2d needs an integer n >= 0, got {n!r}")
+        raise unknown_choice("toy2d name", name, TOY2D_NAMES)
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 0:
+        raise ValueError(f"toy2d needs an integer n >= 0, got {n!r}; write e.g. n=10_000")
     if generator is not None and seed is not None:
         raise ValueError("toy2d takes either generator= or seed=, not both; pass one of them")
     if not dtype.is_floating_point:
         raise ValueError(f"toy2d needs a floating dtype, got {dtype}; use e.g. torch.float32")
     sampler, default_noise = _TOYS[name]
     noise = default_noise if noise is None else float(noise)
-    if noise < 0:
-        raise ValueError(f"toy2d noise is a standard deviation and must be >= 0, got {noise}")
+    if not math.isfinite(noise) or noise < 0:
+        raise ValueError(
+            f"toy2d noise is the standard deviation of the added Gaussian noise and must be a finite number "
+            f">= 0, got {noise}; write e.g. noise={default_noise} (the {name} default) or noise=0"
+        )
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     n = int(n)
