@@ -34,12 +34,12 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowforge.core.choices import unknown_choice
 from flowforge.gflownet.losses import GFlowNet, TrajectoryBalance
 from flowforge.gflownet.multiobjective import (
     MultiObjectiveHyperGrid,
@@ -47,7 +47,7 @@ from flowforge.gflownet.multiobjective import (
     dirichlet_preferences,
     pareto_share,
 )
-from flowforge.recipes.gflownet import sample_terminal
+from flowforge.recipes.gflownet import gflownet_eval_options, gflownet_generator, sample_terminal
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = ["build_moo_gflownet", "make_moo_env", "moo_data", "moo_evaluate", "moo_reference"]
@@ -67,7 +67,7 @@ def make_moo_env(config: dict[str, Any]) -> MultiObjectiveHyperGrid:
         return MultiObjectiveHyperGrid(int(config["ndim"]), int(config["height"]), names)
     pref = str(config["preferences"])
     if pref not in PREFERENCES:
-        raise ValueError(f"unknown preferences {pref!r}; choose {', '.join(PREFERENCES)}")
+        raise unknown_choice("preferences", pref, PREFERENCES)
     w = (
         dirichlet_preferences(
             int(config["n_preferences"]), len(names), float(config["alpha"]), int(config["pref_seed"])
@@ -94,7 +94,7 @@ def build_moo_gflownet(config: dict[str, Any]) -> GFlowNet:
         return OrderPreservingTB(env, kl_weight=float(config.get("kl_weight", 0.0)), **common)
     if config["objective"] == "tb":
         return TrajectoryBalance(env, log_z_lr_scale=float(config.get("log_z_lr_scale", 100.0)), **common)
-    raise ValueError(f"unknown objective {config['objective']!r}; choose op, tb")
+    raise unknown_choice("objective", config["objective"], ["op", "tb"])
 
 
 def moo_data(config: dict[str, Any]) -> tuple[None, dict[str, Any]]:
@@ -109,21 +109,18 @@ def moo_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
 
 
 def moo_evaluate(
-    run_dir: Path,
+    model: Any,
     config: dict[str, Any],
-    x: Tensor,
+    data: Any,
     metrics: list[str],
     *,
-    n_samples: int | None = None,
+    n: int | None = None,
     seed: int = 0,
     **_: Any,
 ) -> dict[str, float]:
     """``pareto_share``, ``pareto_found``, ``n_front`` and ``pareto_precision`` of ``n`` fresh samples."""
-    from flowforge.recipes.runs import load_run
-
-    model, _cfg = load_run(run_dir)
     env = model.env
-    states = sample_terminal(model, n_samples or int(config["eval_samples"]), seed)
+    states = sample_terminal(model, n or int(config["eval_samples"]), seed)
     out: dict[str, float] = {}
     if "pareto" in metrics:
         out["pareto_share"] = pareto_share(env, states)
@@ -180,9 +177,11 @@ for _name, (_what, _over) in _RECIPES.items():
             defaults={**_COMMON, **_over},
             build=build_moo_gflownet,
             data=moo_data,
-            kind="gflownet",
+            generator=gflownet_generator,
+            eval_options=gflownet_eval_options,
             reference=moo_reference,
             evaluate=moo_evaluate,
             metrics=("pareto", "precision"),
+            kind="gflownet",
         )
     )
