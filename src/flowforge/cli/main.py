@@ -228,7 +228,7 @@ def _sample(a: argparse.Namespace) -> int:
     options = {k: getattr(a, k) for k in SAMPLE_OPTIONS if getattr(a, k) is not None}
     x = sample(a.run, a.n, seed=a.seed, **options)
     arr = x.detach().cpu().numpy()
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(1).sum())
         raise ValueError(
             f"run {a.run}: {bad} of {a.n} samples hold NaN or inf, so {out} was not written; the run's "
