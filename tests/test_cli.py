@@ -186,7 +186,10 @@ BAD_USAGE = [
 @pytest.mark.parametrize(
     ("argv", "expect"), BAD_USAGE, ids=[" ".join(a[:3]) + f" [{i}]" for i, (a, _) in enumerate(BAD_USAGE)]
 )
-def test_bad_usage_is_one_line_and_exit_2(run_dir, gfn_dir, tmp_path, capsys, argv, expect):
+def test_bad_usage_is_one_line_and_exit_2(run_dir, gfn_dir, tmp_path, capsys, monkeypatch, argv, expect):
+    monkeypatch.chdir(
+        tmp_path
+    )  # whatever a refused command might write by mistake lands here, and fails below
     argv = [a.format(run=run_dir, gfn=gfn_dir, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     captured = capsys.readouterr()
