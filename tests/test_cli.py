@@ -69,8 +69,11 @@ def test_eval_prints_every_metric_as_json(run_dir, tmp_path, capsys):
         == 0
     )
     res = json.loads(capsys.readouterr().out)
-    assert set(res) == {"swd", "w2", "mmd", "energy", "nll"}
-    assert all(isinstance(v, float) and np.isfinite(v) for v in res.values())
+    assert set(res) == {"swd", "w2", "mmd", "energy", "nll", "source_noise", "solver", "steps"}
+    assert res["source_noise"] == "iid" and res["solver"] == "heun" and res["steps"] == 8
+    assert all(
+        isinstance(res[k], float) and np.isfinite(res[k]) for k in ("swd", "w2", "mmd", "energy", "nll")
+    )
     # nll is per sample in data units: a moons density has entropy far below a unit Gaussian's 2.84 nats
     assert 0.0 < res["nll"] < 3.5
 
@@ -94,14 +97,14 @@ def test_train_on_a_user_file(tmp_path):
 
 
 def test_errors_name_the_problem_and_the_fix(run_dir, tmp_path, capsys):
-    assert "valid recipes" in _err(capsys, ["train", "moonz", "--steps", "1"])
+    assert "choose one of" in _err(capsys, ["train", "moonz", "--steps", "1"])
     assert "did you mean 'moons'" in _err(capsys, ["train", "moonz", "--steps", "1"])
     assert "valid keys" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "widht=3"])
     assert "expected a int" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "width=wide"])
     assert "choose one of" in _err(
         capsys, ["sample", str(run_dir), "--solver", "rk45", "--out", str(tmp_path / "a.npy")]
     )
-    assert "valid metrics" in _err(
+    assert "choose one of swd, w2" in _err(
         capsys, ["eval", str(run_dir), "--data", str(tmp_path / "x.npy"), "--metrics", "fid"]
     )
     bad = tmp_path / "nan.npy"
@@ -133,3 +136,148 @@ def test_corrupted_checkpoint_is_an_error_not_a_half_loaded_model(run_dir, tmp_p
     msg = _err(capsys, ["sample", str(broken), "--n", "10", "--out", str(tmp_path / "a.npy")])
     assert "safetensors" in msg or "checkpoint" in msg
     assert not (tmp_path / "a.npy").exists()
+
+
+def test_eval_defaults_to_iid_noise_and_says_which(run_dir, capsys):
+    base = ["eval", str(run_dir), "--metrics", "swd", "--n", "500", "--steps", "4"]
+    runs = {}
+    for name, extra in (("default", []), ("iid", ["--no-qmc"]), ("qmc", ["--qmc"])):
+        assert main([*base, *extra]) == 0
+        runs[name] = json.loads(capsys.readouterr().out)
+    assert runs["default"] == runs["iid"] and runs["default"]["source_noise"] == "iid"
+    assert runs["qmc"]["source_noise"] == "qmc" and runs["qmc"]["swd"] != runs["iid"]["swd"]
+
+
+@pytest.fixture(scope="module")
+def gfn_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "grid"
+    assert (
+        main(["train", "hypergrid-tb", "--steps", "5", "--out", str(out), "--quiet", "--set", "height=4"])
+        == 0
+    )
+    return out
+
+
+BAD_USAGE = [
+    (["train", "moons", "--steps", "0"], "--steps: must be >= 1, got 0"),
+    (["train", "moons", "--steps", "-3"], "--steps: must be >= 1, got -3"),
+    (["sample", "{run}", "--n", "0", "--out", "{tmp}/a.npy"], "--n: must be >= 1, got 0"),
+    (["sample", "{run}", "--steps", "0", "--out", "{tmp}/a.npy"], "--steps: must be >= 1"),
+    (["eval", "{run}", "--n", "0"], "--n: must be >= 1, got 0"),
+    (["eval", "{run}", "--steps", "0"], "--steps: must be >= 1"),
+    (["train", "moons", "--out", ""], "--out '' names no folder"),
+    (["sample", "{run}", "--out", ""], "write FILE.npy"),
+    (["train", "moons", "--energy", "m:f", "--out", "{tmp}/r"], "--energy does not apply to moons runs"),
+    (["train", "hypergrid-tb", "--data", "{tmp}/x.npy", "--out", "{tmp}/r"], "that do: none"),
+    (["sample", "{gfn}", "--solver", "heun", "--out", "{tmp}/a.npy"], "--solver does not apply"),
+    (["sample", "{gfn}", "--steps", "4", "--out", "{tmp}/a.npy"], "--steps does not apply"),
+    (["sample", "{run}", "--method", "jacobi", "--out", "{tmp}/a.npy"], "do: --solver, --steps, --qmc"),
+    (["sample", "{run}", "--label", "3", "--out", "{tmp}/a.npy"], "--label does not apply"),
+    (["eval", "{run}", "--energy", "m:f"], "--energy does not apply to moons runs"),
+    (["eval", "{gfn}", "--solver", "heun"], "the eval options that do: --n"),
+    (["eval", "{gfn}", "--data", "{tmp}/x.npy"], "--data does not apply"),
+    (["train", "moons", "--set"], "--set: expected at least one argument"),
+    (["train", "moons", "--set", "=3"], "--set expects key=value pairs"),
+    (["sample", "{run}"], "--out"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"), BAD_USAGE, ids=[" ".join(a[:3]) + f" [{i}]" for i, (a, _) in enumerate(BAD_USAGE)]
+)
+def test_bad_usage_is_one_line_and_exit_2(run_dir, gfn_dir, tmp_path, capsys, monkeypatch, argv, expect):
+    monkeypatch.chdir(
+        tmp_path
+    )  # whatever a refused command might write by mistake lands here, and fails below
+    argv = [a.format(run=run_dir, gfn=gfn_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), captured.err
+    assert expect in lines[0]
+    assert not list(tmp_path.iterdir()), "a refused command writes nothing"
+
+
+def test_readme_set_takes_several_pairs(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "moons", "--steps", "3", "--out", str(out), "--quiet"]
+    assert main([*argv, "--set", "width=16", "depth=1", "time=logit-normal", "--set", "warmup=1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["width"], config["depth"], config["time"], config["warmup"]) == (16, 1, "logit-normal", 1)
+
+
+def test_a_run_folder_never_takes_another_recipe(run_dir, capsys):
+    before = (run_dir / "config.json").read_text()
+    for extra in ([], ["--resume"]):
+        err = _err(capsys, ["train", "moons-nsf", "--steps", "3", "--out", str(run_dir), "--quiet", *extra])
+        assert "holds a run of recipe 'moons', not 'moons-nsf'" in err and "--out" in err
+    assert (run_dir / "config.json").read_text() == before
+
+
+def test_a_diverging_run_exits_2_and_its_nan_samples_are_refused(tmp_path, capsys):
+    out = tmp_path / "div"
+    argv = [
+        "train",
+        "moons",
+        "--steps",
+        "100",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "lr=1e6",
+        "grad_clip=0",
+    ]
+    err = _err(capsys, [*argv, "width=32", "depth=3", "warmup=0"])
+    assert "loss became nan by step 100" in err and len(err.strip().splitlines()) == 1
+    # its last checkpoint holds non-finite weights: sampling it must not write NaN samples
+    err = _err(capsys, ["sample", str(out), "--n", "20", "--out", str(tmp_path / "s.npy")])
+    assert str(out) in err and "NaN" in err and not (tmp_path / "s.npy").exists()
+
+
+def test_nan_samples_and_nan_metrics_are_refused(run_dir, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from flowforge.recipes import RECIPES
+
+    class NaNs:
+        dim = 2
+
+        def sample(self, n, **kw):
+            return torch.full((n, 2), float("nan"))
+
+    moons = RECIPES["moons"]
+    monkeypatch.setitem(RECIPES, "moons", dataclasses.replace(moons, generator=lambda model, config: NaNs()))
+    err = _err(capsys, ["sample", str(run_dir), "--n", "5", "--out", str(tmp_path / "a.npy")])
+    assert str(run_dir) in err and "NaN" in err and not (tmp_path / "a.npy").exists()
+    monkeypatch.setitem(
+        RECIPES,
+        "moons",
+        dataclasses.replace(moons, evaluate=lambda *a, **k: {"swd": float("nan"), "nll": 1.0}),
+    )
+    err = _err(capsys, ["eval", str(run_dir)])
+    assert str(run_dir) in err and "swd=nan" in err
+    assert capsys.readouterr().out == "", "no half-written JSON"
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_exits_130(tmp_path, capsys, monkeypatch):
+    import flowforge.recipes.runs as runs
+
+    real = runs.train
+
+    def interrupted(*args, **kwargs):
+        def stop(step, trainer):
+            if step == 7:
+                raise KeyboardInterrupt
+
+        return real(*args, **kwargs, callback=stop)
+
+    monkeypatch.setattr(runs, "train", interrupted)
+    out = tmp_path / "run"
+    argv = ["train", "moons", "--steps", "20", "--out", str(out), "--quiet", "--set", "width=16 depth=1"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "up to step 6" in err[0] and "--resume" in err[0], err
+    monkeypatch.setattr(runs, "train", real)
+    assert main([*argv, "--resume"]) == 0

@@ -74,7 +74,7 @@ def test_bad_keys_and_metrics_are_one_line_errors(tb_run, capsys):
     assert main(["train", "hypergrid-tb", "--steps", "1", "--quiet", "--set", "lamda=0.5"]) == 2
     assert "unknown key 'lamda'" in capsys.readouterr().err
     assert main(["eval", str(tb_run), "--metrics", "swd"]) == 2
-    assert "valid metrics: l1, jsd, logz, modes" in capsys.readouterr().err
+    assert "choose one of l1, jsd, logz, modes" in capsys.readouterr().err
 
 
 def test_recipe_list_and_budgets():

@@ -103,7 +103,7 @@ def test_label_needs_a_conditional_tarflow(nsf_run, tmp_path, capsys):
     err = _err(
         capsys, ["sample", str(nsf_run), "--n", "4", "--method", "jacobi", "--out", str(tmp_path / "x.npy")]
     )
-    assert "TARFlow runs" in err
+    assert "--method does not apply to moons-nsf runs" in err
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files not found at {MNIST}")

@@ -1,29 +1,63 @@
-"""``flowforge list | train | sample | eval``.
+"""``flowforge list | train | sample | eval``: parses, calls :mod:`flowforge.recipes`, prints; knows no family.
 
-Errors from bad input (unknown names, wrong shapes, NaN data, missing or damaged files) are printed as
-one line, ``flowforge: error: ...``, with exit status 2; no traceback.
+Errors from bad input (unknown names, bad option values, options that do not apply to the run's recipe,
+wrong shapes, NaN data, missing or damaged files, a diverging run) are printed as one line,
+``flowforge: error: ...``, with exit status 2; no traceback. Ctrl-C prints where the run stopped and
+exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+class UsageError(ValueError):
+    """Bad command-line usage (argparse's complaints), reported like every other input error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog.removeprefix('flowforge').strip() or 'flowforge'}: {message}")
+
+
+def _count(text: str) -> int:
+    """A whole number >= 1 (``--steps``, ``--n``): 0 and negatives are errors, never 'the default'."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+#: sampling options of ``sample`` and ``eval``; which apply is the run's recipe's choice
+SAMPLE_OPTIONS = ("solver", "steps", "qmc", "method", "guidance", "label")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flowforge`` command."""
-    p = argparse.ArgumentParser(
-        prog="flowforge", description="Flow-based generative models: train, sample, eval."
-    )
+    p = _Parser(prog="flowforge", description="Flow-based generative models: train, sample, eval.")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="show the recipes, one line each")
@@ -32,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     t.add_argument("--data", help="train on your own array: .npy, .npz, .pt or .csv of shape (N, D)")
     t.add_argument("--out", help="run folder (default runs/RECIPE)")
-    t.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override recipe keys")
+    t.add_argument("--steps", type=_count, help="training steps (default: the recipe's)")
+    t.add_argument("--seed", type=_seed, default=0, help="seeds the initial weights, data and training")
+    t.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override recipe keys: --set width=128 depth=4",
+    )
     t.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     t.add_argument(
         "--energy",
@@ -45,19 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run")
-    s.add_argument("--n", type=int, default=10_000)
-    s.add_argument("--solver", help="ODE/SDE solver (default: the recipe's)")
-    s.add_argument("--steps", type=int, help="solver steps (default: the recipe's)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument(
-        "--qmc", action=argparse.BooleanOptionalAction, help="quasi-random source noise (default: recipe's)"
-    )
-    s.add_argument("--out", required=True, help="FILE.npy (samples) or FILE.png (a scatter plot)")
-    s.add_argument(
-        "--method", choices=["sequential", "jacobi"], help="TARFlow runs: token by token or parallel Jacobi"
-    )
-    s.add_argument("--guidance", type=float, help="TARFlow runs: classifier-free guidance weight (0: none)")
-    s.add_argument("--label", type=int, help="class-conditional runs: draw every sample of this class")
+    s.add_argument("--n", type=_count, default=10_000)
+    s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument("--out", required=True, help="FILE.npy (samples) or FILE.png (a plot)")
+    _sample_options(s)
 
     e = sub.add_parser("eval", help="compare a run's samples (and likelihood) with data; prints JSON")
     e.add_argument("run")
@@ -72,14 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--energy", metavar="MODULE:FUNCTION", help="target energy for ess/logz (default: the run's energy)"
     )
-    e.add_argument("--n", type=int, help="number of model samples (default min(N, 10000))")
-    e.add_argument("--solver")
-    e.add_argument("--steps", type=int)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n", type=_count, help="number of model samples (default: the recipe's)")
+    e.add_argument("--seed", type=_seed, default=0)
+    e.add_argument("--solver", help="ODE/SDE solver (flow-matching runs; default: the recipe's)")
+    e.add_argument("--steps", type=_count, help="solver steps (flow-matching runs; default: the recipe's)")
     e.add_argument(
-        "--qmc", action=argparse.BooleanOptionalAction, help="quasi-random source noise (default: recipe's)"
+        "--qmc",
+        action=argparse.BooleanOptionalAction,
+        help="quasi-random source noise (flow-matching runs; default: i.i.d.)",
     )
     return p
+
+
+def _sample_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--solver", help="ODE/SDE solver (flow-matching runs; default: the recipe's)")
+    s.add_argument("--steps", type=_count, help="solver steps (flow-matching runs; default: the recipe's)")
+    s.add_argument(
+        "--qmc",
+        action=argparse.BooleanOptionalAction,
+        help="quasi-random source noise (flow-matching runs; default: the recipe's)",
+    )
+    s.add_argument(
+        "--method", choices=["sequential", "jacobi"], help="TARFlow runs: token by token or parallel Jacobi"
+    )
+    s.add_argument("--guidance", type=float, help="TARFlow runs: classifier-free guidance weight (0: none)")
+    s.add_argument("--label", type=int, help="class-conditional runs: draw every sample of this class")
 
 
 def _list() -> int:
@@ -92,9 +141,20 @@ def _list() -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from flowforge.recipes import parse_sets, train_recipe
+    from flowforge.recipes import get_recipe, parse_sets, train_recipe
+    from flowforge.recipes.runs import check_options, train_options
 
     t0 = time.time()
+    given = [k for k in ("data", "energy") if getattr(a, k) is not None]
+    check_options(
+        get_recipe(a.recipe),
+        "train",
+        given,
+        train_options(a.recipe),
+        "--out, --steps, --seed, --set, --resume, --quiet",
+    )
+    if a.out is not None and not a.out.strip():
+        raise ValueError(f"--out '' names no folder; write e.g. --out runs/{a.recipe}")
     overrides = parse_sets(a.set)
     if a.energy:
         overrides["energy"] = a.energy
@@ -160,61 +220,39 @@ def _image_grid(x: np.ndarray, path: Path, title: str) -> None:
 
 
 def _sample(a: argparse.Namespace) -> int:
-    from flowforge.recipes import generator
-    from flowforge.recipes.runs import _read_config
+    from flowforge.recipes import read_config, sample
 
     out = Path(a.out)
-    if out.suffix not in (".npy", ".png"):
-        raise ValueError(f"--out {a.out}: write FILE.npy (samples) or FILE.png (a plot)")
-    if a.n < 1:
-        raise ValueError(f"--n must be >= 1, got {a.n}")
-    config = _read_config(Path(a.run))
-    gen = generator(a.run)
-    solver = a.solver or config.get("solver", "heun")
-    steps = a.steps or config.get("sample_steps", 25)
-    qmc = config.get("qmc", False) if a.qmc is None else a.qmc
-    extra: dict = {}
-    if a.method is not None or a.guidance is not None or a.label is not None:
-        if config.get("flow", "tarflow" if config.get("levels") else None) != "tarflow":
-            raise ValueError(
-                "--method, --guidance and --label apply to TARFlow runs (moons-tarflow, *-tarflow)"
-            )
-        if a.method is not None:
-            extra["method"] = a.method
-        if a.guidance is not None:
-            extra["guidance"] = a.guidance
-        if a.label is not None:
-            if not config.get("conditional"):
-                raise ValueError("--label needs a class-conditional run: train with --set conditional=true")
-            if not 0 <= a.label < 10:
-                raise ValueError(f"--label must be a class in 0..9, got {a.label}")
-            extra["cond"] = {"y": torch.full((a.n,), a.label, dtype=torch.long)}
-    x = gen.sample(
-        a.n, generator=torch.Generator().manual_seed(a.seed), solver=solver, steps=steps, qmc=qmc, **extra
-    )
+    if not a.out.strip() or out.suffix not in (".npy", ".png"):
+        raise ValueError(f"--out {a.out!r}: write FILE.npy (samples) or FILE.png (a plot)")
+    options = {k: getattr(a, k) for k in SAMPLE_OPTIONS if getattr(a, k) is not None}
+    x = sample(a.run, a.n, seed=a.seed, **options)
     arr = x.detach().cpu().numpy()
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(1).sum())
+        raise ValueError(
+            f"run {a.run}: {bad} of {a.n} samples hold NaN or inf, so {out} was not written; the run's "
+            f"weights may have diverged (see {Path(a.run) / 'metrics.jsonl'}): train it again, e.g. with a "
+            "lower --set lr=..."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         tmp = out.with_name(out.name + ".tmp.npy")
         np.save(tmp, arr)
         tmp.replace(out)
     else:
-        _plot(arr, out, f"{config['recipe']}: {a.n} samples, {solver} x {steps}")
+        title = ", ".join(
+            [f"{read_config(a.run)['recipe']}: {a.n} samples", *(f"{k} {v}" for k, v in options.items())]
+        )
+        _plot(arr, out, title)
     print(f"wrote {a.n} samples to {out}")
     return 0
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from flowforge.recipes import evaluate, get_recipe
-    from flowforge.recipes.runs import _read_config
+    from flowforge.recipes import evaluate
 
-    if a.metrics is None:
-        recipe = get_recipe(_read_config(Path(a.run))["recipe"])
-        metrics = list(recipe.metrics) or ["swd", "mmd", "energy"]
-        if a.energy is None and recipe.kind == "normalizing":  # ess / logz need a target energy
-            metrics = [m for m in metrics if m not in ("ess", "logz")]
-    else:
-        metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    metrics = None if a.metrics is None else [m.strip() for m in a.metrics.split(",") if m.strip()]
     res = evaluate(
         a.run,
         a.data,
@@ -226,16 +264,40 @@ def _eval(a: argparse.Namespace) -> int:
         qmc=a.qmc,
         energy=a.energy,
     )
-    print(json.dumps(res))
+    bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(
+            f"run {a.run}: eval gave {', '.join(f'{k}={res[k]}' for k in bad)}, which is no number JSON can "
+            f"hold; the run's weights may have diverged (see {Path(a.run) / 'metrics.jsonl'}), or its samples "
+            "fall where the data has no support"
+        )
+    print(json.dumps(res, allow_nan=False))
     return 0
+
+
+def _interrupted(a: argparse.Namespace) -> str:
+    if a.command != "train":
+        return f"interrupted; {a.command} wrote nothing"
+    from flowforge.recipes.run_folder import last_step
+
+    out = Path(a.out) if a.out else Path("runs") / a.recipe
+    step = last_step(out)
+    if step is None:
+        return (
+            f"interrupted before the first checkpoint; {out} holds nothing to resume: run the command again"
+        )
+    return (
+        f"interrupted; {out} holds the run up to step {step}: run the same command with --resume to continue"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flowforge`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
     from flowforge.train import CheckpointError
 
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "list":
             return _list()
         if args.command == "train":
@@ -243,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             return _sample(args)
         return _eval(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, CheckpointError) as e:
+    except KeyboardInterrupt:
+        msg = _interrupted(args) if args is not None else "interrupted"
+        print(f"flowforge: {msg}", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, CheckpointError, FloatingPointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"flowforge: error: {msg}", file=sys.stderr)
+        print(f"flowforge: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
 
 

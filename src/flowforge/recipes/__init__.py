@@ -1,13 +1,27 @@
-"""Recipes: named, runnable set-ups (the only layer where names map to objects)."""
+"""Recipes: named, runnable set-ups (the only layer where names map to objects).
 
-from flowforge.recipes import boltzmann as _boltzmann  # noqa: F401  (Boltzmann generators)
-from flowforge.recipes import flows2d as _flows2d  # noqa: F401  (registers the 2-D flow recipes)
-from flowforge.recipes import gflownet as _gflownet  # noqa: F401  (GFlowNet hypergrid recipes)
-from flowforge.recipes import gflownet_moo as _gflownet_moo  # noqa: F401  (multi-objective GFlowNet recipes)
-from flowforge.recipes import gflownet_oc as _gflownet_oc  # noqa: F401  (outcome-conditioned GFlowNet recipe)
-from flowforge.recipes import normalizing as _normalizing  # noqa: F401  (normalizing-flow recipes)
-from flowforge.recipes.registry import RECIPES, Recipe, get_recipe, parse_sets, register, resolve_config
-from flowforge.recipes.runs import METRICS, DataSpaceGenerator, evaluate, generator, load_run, train_recipe
+Every module of this package is imported here (:mod:`pkgutil`), so a new recipe is one new file that
+calls :func:`register`; nothing else lists it.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from flowforge.recipes.common import DataSpaceGenerator  # noqa: E402
+from flowforge.recipes.flows2d import METRICS  # noqa: E402
+from flowforge.recipes.registry import (  # noqa: E402
+    RECIPES,
+    Recipe,
+    get_recipe,
+    parse_sets,
+    register,
+    resolve_config,
+)
+from flowforge.recipes.run_folder import read_config  # noqa: E402
+from flowforge.recipes.runs import evaluate, generator, load_run, sample, train_recipe  # noqa: E402
 
 __all__ = [
     "METRICS",
@@ -19,7 +33,9 @@ __all__ = [
     "get_recipe",
     "load_run",
     "parse_sets",
+    "read_config",
     "register",
     "resolve_config",
+    "sample",
     "train_recipe",
 ]

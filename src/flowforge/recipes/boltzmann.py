@@ -12,6 +12,10 @@
 
 The flow sees standardised coordinates; the run's energy is evaluated in data units, so ``ess`` and
 ``logz`` from ``flowforge eval`` refer to the target as defined.
+
+Hooks: the run's generator samples in data units; TARFlow proposals (``flow=tarflow``) take ``--method``
+and ``--guidance``; ``eval`` takes ``--energy`` (another target for the same proposal), ``--data`` and
+``--n``, and needs held-out samples only for ``nll``/``bpd``.
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowforge.core.choices import unknown_choice
 from flowforge.data import Standardizer
 from flowforge.data.energies import GMM40, DoubleWell4, Energy, LennardJones13, ManyWell, user_energy
+from flowforge.metrics import bits_per_dim
 from flowforge.metrics.boltzmann import boltzmann_metrics
 from flowforge.normalizing import ReverseKL, SelfImprovement
-from flowforge.recipes.normalizing import build_density_flow
+from flowforge.recipes.common import data_space_generator, nll_of
+from flowforge.recipes.normalizing import build_density_flow, density_sample_kwargs, density_sample_options
 from flowforge.recipes.registry import Recipe, register
+from flowforge.recipes.run_folder import read_config
 
 __all__ = [
     "ENERGIES",
@@ -90,8 +98,8 @@ def make_energy(config: dict[str, Any], override: str | None = None) -> Energy:
     if ":" in name:
         return user_energy(name, dim=config.get("dim") or None)
     if name not in ENERGIES:
-        raise ValueError(
-            f"unknown energy {name!r}; choose one of {', '.join(ENERGIES)} or write module:function"
+        raise unknown_choice(
+            "energy", name, ENERGIES, hint="or write module:function (--energy FILE.py:energy)"
         )
     return ENERGIES[name](config)
 
@@ -132,7 +140,7 @@ def build_boltzmann(config: dict[str, Any]) -> nn.Module:
             buffer_size=config["buffer_size"],
             refresh_every=config["refresh_every"],
         )
-    raise ValueError(f"unknown objective {objective!r}; choose ml, kl or self-improve")
+    raise unknown_choice("objective", objective, ["ml", "kl", "self-improve"])
 
 
 def boltzmann_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -145,9 +153,7 @@ def boltzmann_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             raise FileNotFoundError(
                 f"objective=self-improve starts from a trained run: --set init_from=RUN_DIR (got {config['init_from']!r})"
             )
-        import json
-
-        init_cfg = json.loads((init / "config.json").read_text())
+        init_cfg = read_config(init)
         arch = ("flow", "transforms", "hidden", "hidden_layers", "bins", "bound", "blocks", "width", "layers",
                 "token_dim", "head_dim", "energy")  # fmt: skip
         for k in arch:
@@ -171,30 +177,30 @@ def boltzmann_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
     return make_energy(config).reference_samples(min(n, config["n_test"]), seed=1).float()
 
 
+def boltzmann_eval_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """``eval`` options of a Boltzmann generator: held-out ``data``, ``n`` samples, another ``energy``."""
+    return ("data", "n", "energy")
+
+
 def boltzmann_evaluate(
-    run_dir: Path,
+    model: nn.Module,
     config: dict[str, Any],
-    x: Tensor,
+    data: Any,
     metrics: list[str],
     *,
-    n_samples: int | None = None,
+    n: int | None = None,
     seed: int = 0,
     energy: str | None = None,
-    nll_points: int = 2000,
     **_: Any,
 ) -> dict[str, float]:
-    """``ess``, ``logz`` (+ ``logz_error`` when log Z is known) by importance sampling, ``nll`` on ``x``."""
-    from flowforge.metrics import nll
-    from flowforge.recipes.runs import generator
-
-    gen = generator(run_dir)
+    """``ess``, ``logz`` (+ ``logz_error`` when log Z is known) by importance sampling, ``nll``/``bpd`` on the data."""
+    gen = data_space_generator(model, config)
     out: dict[str, float] = {}
-    if ("nll" in metrics or "bpd" in metrics) and (x.dim() != 2 or x.shape[1] != gen.dim):
-        raise ValueError(f"data has shape {tuple(x.shape)} but the run was trained on (N, {gen.dim})")
     if "nll" in metrics or "bpd" in metrics:
-        g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            out["nll"] = nll(gen, x[torch.randperm(len(x), generator=g)[:nll_points]].float())
+            out["nll"] = nll_of(gen, data(), seed=seed)
+        if "bpd" in metrics:
+            out["bpd"] = bits_per_dim(out["nll"], gen.dim)
     if {"ess", "logz"} & set(metrics):
         target = make_energy(config, override=energy)
         if target.dim != gen.dim:
@@ -202,7 +208,7 @@ def boltzmann_evaluate(
         m = boltzmann_metrics(
             gen,
             target,
-            n_samples or config["eval_samples"],
+            n or config["eval_samples"],
             torch.Generator().manual_seed(seed),
             batch_size=2048,
         )
@@ -292,9 +298,13 @@ for _name, (_summary, _over) in _BG.items():
             defaults={**_BG_COMMON, **_over},
             build=build_boltzmann,
             data=boltzmann_data,
-            kind="boltzmann",
+            generator=data_space_generator,
+            sample_options=density_sample_options,
+            sample_kwargs=density_sample_kwargs,
+            eval_options=boltzmann_eval_options,
             reference=boltzmann_reference,
             evaluate=boltzmann_evaluate,
             metrics=("ess", "logz", "nll", "bpd"),
+            kind="boltzmann",
         )
     )

@@ -2,6 +2,17 @@
 
 Every choice below (path, time sampler, coupling, loss) is a name in a small table, set with
 ``--set key=value``; the defaults were chosen by measurement (see BENCHMARKS.md).
+
+Hooks: the run's generator samples in data units (:func:`~flowforge.recipes.common.data_space_generator`);
+``sample`` takes ``--solver``, ``--steps`` and ``--qmc`` (defaults: the config's ``solver``,
+``sample_steps`` and ``qmc``); ``eval`` computes :data:`METRICS` against fresh toy points (or ``--data``)
+with i.i.d. source noise unless ``--qmc`` is given, and records the noise, solver and steps it used.
+
+Example:
+    >>> from flowforge.recipes import get_recipe
+    >>> r = get_recipe("moons")
+    >>> r.sample_kwargs(dict(r.defaults), {"steps": 8}, 10)
+    {'solver': 'heun', 'steps': 8, 'qmc': True}
 """
 
 from __future__ import annotations
@@ -15,14 +26,17 @@ from torch import Tensor
 from flowforge.continuous import FlowMatching
 from flowforge.core import couplings as C
 from flowforge.core import time as T
+from flowforge.core.choices import unknown_choice
 from flowforge.core.objectives import PseudoHuber, SquaredError
 from flowforge.core.paths import AffinePath, BrownianGamma, StochasticInterpolant, TrigonometricInterpolant
 from flowforge.core.schedules import Cosine, Linear, Polynomial, VariancePreserving
 from flowforge.data import Standardizer, check_finite, load_array, toy2d
 from flowforge.nn import MLP
+from flowforge.recipes.common import SAMPLE_METRICS, data_space_generator, nll_of, sample_metrics
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = [
+    "METRICS",
     "PATHS",
     "TIME_SAMPLERS",
     "COUPLINGS",
@@ -30,7 +44,13 @@ __all__ = [
     "build_flow_matching",
     "flow_data",
     "toy_reference",
+    "flow_sample_options",
+    "flow_sample_kwargs",
+    "flow_evaluate",
 ]
+
+#: Metrics ``flowforge eval`` knows for flow-matching runs (``nll`` by the exact ODE likelihood).
+METRICS: tuple[str, ...] = (*SAMPLE_METRICS, "nll")
 
 PATHS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "linear": lambda c: AffinePath(Linear()),
@@ -64,7 +84,7 @@ DISTANCES: dict[str, Callable[[dict[str, Any]], Any]] = {
 def _pick(table: dict[str, Any], key: str, config: dict[str, Any]) -> Any:
     name = config[key]
     if name not in table:
-        raise ValueError(f"unknown {key} {name!r}; choose one of {', '.join(table)}")
+        raise unknown_choice(key, name, table, hint=f"e.g. --set {key}={next(iter(table))}")
     return table[name](config)
 
 
@@ -121,6 +141,55 @@ def toy_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
     return toy2d(config["dataset"], n, noise=config["noise"], seed=10_000 + seed)
 
 
+def flow_sample_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """Sampling options of a flow-matching run: the ODE/SDE solver, its steps, quasi-random noise."""
+    return ("solver", "steps", "qmc")
+
+
+def flow_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
+    """``sample(...)`` keywords: what is given, else the run's ``solver``, ``sample_steps`` and ``qmc``."""
+    return {
+        "solver": given.get("solver", config.get("solver", "heun")),
+        "steps": int(given.get("steps", config.get("sample_steps", 25))),
+        "qmc": bool(given.get("qmc", config.get("qmc", False))),
+    }
+
+
+def flow_eval_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """``eval`` options of a flow-matching run."""
+    return ("data", "n", "solver", "steps", "qmc")
+
+
+def flow_evaluate(
+    model: Any,
+    config: dict[str, Any],
+    data: Callable[[], Tensor],
+    metrics: list[str],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    qmc: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Sample metrics (``swd``, ``w2``, ``mmd``, ``energy``) and ``nll`` of a run against held-out points.
+
+    Samples use i.i.d. source noise unless ``qmc=True`` (quasi-random noise spreads a batch evenly and
+    flatters the sample metrics); the result records ``source_noise``, ``solver`` and ``steps``.
+    """
+    gen = data_space_generator(model, config)
+    x = data().float()
+    out: dict[str, Any] = {}
+    if set(metrics) & set(SAMPLE_METRICS):
+        kwargs = flow_sample_kwargs(config, {**options, "qmc": qmc}, 0)
+        out.update(sample_metrics(gen, x, metrics, n=n, seed=seed, **kwargs))
+        out.update(
+            source_noise="qmc" if kwargs["qmc"] else "iid", solver=kwargs["solver"], steps=kwargs["steps"]
+        )
+    if "nll" in metrics:
+        out["nll"] = nll_of(gen, x, seed=seed)
+    return out
+
+
 FLOW2D_DEFAULTS: dict[str, Any] = {
     "dataset": "moons",
     "noise": None,
@@ -166,6 +235,14 @@ for _name, _summary in _SUMMARIES.items():
             defaults={**FLOW2D_DEFAULTS, "dataset": _name},
             build=build_flow_matching,
             data=flow_data,
+            generator=data_space_generator,
+            sample_options=flow_sample_options,
+            sample_kwargs=flow_sample_kwargs,
+            eval_options=flow_eval_options,
             reference=toy_reference,
+            evaluate=flow_evaluate,
+            metrics=METRICS,
+            default_metrics=("swd", "mmd", "energy"),
+            kind="continuous",
         )
     )

@@ -32,12 +32,12 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowforge.core.choices import unknown_choice
 from flowforge.gflownet import (
     BitSequence,
     DetailedBalance,
@@ -63,6 +63,8 @@ __all__ = [
     "make_env",
     "gflownet_data",
     "gflownet_evaluate",
+    "gflownet_eval_options",
+    "gflownet_generator",
     "gflownet_reference",
 ]
 
@@ -86,7 +88,7 @@ def make_env(config: dict[str, Any]) -> HyperGrid | BitSequence | SetGeneration:
     kind = config.get("env", "hypergrid")
     need = {"hypergrid": _GRID, "bitseq": _BITSEQ, "set": _SET}.get(kind)
     if need is None:
-        raise ValueError(f"unknown env {kind!r}; choose hypergrid, bitseq or set")
+        raise unknown_choice("env", kind, ["hypergrid", "bitseq", "set"])
     missing = [k for k in need if k not in config]
     if missing:
         raise ValueError(
@@ -175,25 +177,32 @@ def exact_outputs(model: Any, env: Any, metrics: list[str]) -> dict[str, float]:
     return out
 
 
+def gflownet_generator(model: Any, config: dict[str, Any]) -> Any:
+    """The ``generator`` hook of GFlowNet runs: ``model.generator()``, whose samples are terminal states."""
+    return model.generator()
+
+
+def gflownet_eval_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """``eval`` of a GFlowNet takes ``--n`` (sampled terminal states); its exact metrics need no data."""
+    return ("n",)
+
+
 def gflownet_evaluate(
-    run_dir: Path,
+    model: Any,
     config: dict[str, Any],
-    x: Tensor,
+    data: Any,
     metrics: list[str],
     *,
-    n_samples: int | None = None,
+    n: int | None = None,
     seed: int = 0,
     **_: Any,
 ) -> dict[str, float]:
     """Exact ``l1_sum``, ``l1_mean``, ``jsd``, ``logz_error``; ``modes_found`` of ``n_modes`` and
     ``mean_top_k_reward`` / ``mean_reward`` in ``n`` sampled terminal states."""
-    from flowforge.recipes.runs import load_run
-
-    model, _cfg = load_run(run_dir)
     env = model.env
     out = exact_outputs(model, env, metrics)
     if {"modes", "topk"} & set(metrics):
-        states = sample_terminal(model, n_samples or int(config["eval_samples"]), seed)
+        states = sample_terminal(model, n or int(config["eval_samples"]), seed)
         if "modes" in metrics:
             out["modes_found"] = modes_found(env, states)
             out["n_modes"] = env.n_modes
@@ -270,9 +279,11 @@ for _name, (_what, _over, _metrics) in _RECIPES.items():
             defaults={**_COMMON, **_over},
             build=build_gflownet,
             data=gflownet_data,
-            kind="gflownet",
+            generator=gflownet_generator,
+            eval_options=gflownet_eval_options,
             reference=gflownet_reference,
             evaluate=gflownet_evaluate,
             metrics=_metrics,
+            kind="gflownet",
         )
     )

@@ -8,7 +8,7 @@ commas). Both recipes share the authors' set-up where it applies: a policy MLP o
 ``benchmarks/gfn_op.py`` (300 steps = 38,400 trajectories, Adam at lr 1e-3; the trainer adds its
 cosine decay).
 
-- ``hypergrid-moo-op``: :class:`~flowforge.gflownet.multiobjective.OrderPreservingTB`, which only
+- ``hypergrid-moo-op``: :class:`~flowforge.gflownet.OrderPreservingTB`, which only
   uses the Pareto order of each batch (``kl_weight`` is the paper's optional :math:`\\lambda_{KL}`).
 - ``hypergrid-moo-tb``: trajectory balance on the preference-scalarised reward
   :math:`R(x) = \\frac1J \\sum_j (w_j^\\top f(x))^\\beta / Z_j` with ``n_preferences`` :math:`J`
@@ -34,12 +34,12 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowforge.core.choices import unknown_choice
 from flowforge.gflownet import (
     GFlowNet,
     MultiObjectiveHyperGrid,
@@ -48,7 +48,7 @@ from flowforge.gflownet import (
     dirichlet_preferences,
     pareto_share,
 )
-from flowforge.recipes.gflownet import sample_terminal
+from flowforge.recipes.gflownet import gflownet_eval_options, gflownet_generator, sample_terminal
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = ["build_moo_gflownet", "make_moo_env", "moo_data", "moo_evaluate", "moo_reference"]
@@ -61,14 +61,14 @@ def _objectives(config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def make_moo_env(config: dict[str, Any]) -> MultiObjectiveHyperGrid:
-    """The config's :class:`~flowforge.gflownet.multiobjective.MultiObjectiveHyperGrid` (scalarised
+    """The config's :class:`~flowforge.gflownet.MultiObjectiveHyperGrid` (scalarised
     with the config's preferences and ``beta`` when it has them, i.e. for ``hypergrid-moo-tb``)."""
     names = _objectives(config)
     if "preferences" not in config:
         return MultiObjectiveHyperGrid(int(config["ndim"]), int(config["height"]), names)
     pref = str(config["preferences"])
     if pref not in PREFERENCES:
-        raise ValueError(f"unknown preferences {pref!r}; choose {', '.join(PREFERENCES)}")
+        raise unknown_choice("preferences", pref, PREFERENCES)
     w = (
         dirichlet_preferences(
             int(config["n_preferences"]), len(names), float(config["alpha"]), int(config["pref_seed"])
@@ -95,7 +95,7 @@ def build_moo_gflownet(config: dict[str, Any]) -> GFlowNet:
         return OrderPreservingTB(env, kl_weight=float(config.get("kl_weight", 0.0)), **common)
     if config["objective"] == "tb":
         return TrajectoryBalance(env, log_z_lr_scale=float(config.get("log_z_lr_scale", 100.0)), **common)
-    raise ValueError(f"unknown objective {config['objective']!r}; choose op, tb")
+    raise unknown_choice("objective", config["objective"], ["op", "tb"])
 
 
 def moo_data(config: dict[str, Any]) -> tuple[None, dict[str, Any]]:
@@ -110,21 +110,18 @@ def moo_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
 
 
 def moo_evaluate(
-    run_dir: Path,
+    model: Any,
     config: dict[str, Any],
-    x: Tensor,
+    data: Any,
     metrics: list[str],
     *,
-    n_samples: int | None = None,
+    n: int | None = None,
     seed: int = 0,
     **_: Any,
 ) -> dict[str, float]:
     """``pareto_share``, ``pareto_found``, ``n_front`` and ``pareto_precision`` of ``n`` fresh samples."""
-    from flowforge.recipes.runs import load_run
-
-    model, _cfg = load_run(run_dir)
     env = model.env
-    states = sample_terminal(model, n_samples or int(config["eval_samples"]), seed)
+    states = sample_terminal(model, n or int(config["eval_samples"]), seed)
     out: dict[str, float] = {}
     if "pareto" in metrics:
         out["pareto_share"] = pareto_share(env, states)
@@ -181,9 +178,11 @@ for _name, (_what, _over) in _RECIPES.items():
             defaults={**_COMMON, **_over},
             build=build_moo_gflownet,
             data=moo_data,
-            kind="gflownet",
+            generator=gflownet_generator,
+            eval_options=gflownet_eval_options,
             reference=moo_reference,
             evaluate=moo_evaluate,
             metrics=("pareto", "precision"),
+            kind="gflownet",
         )
     )

@@ -31,19 +31,25 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from flowforge.core.choices import unknown_choice
 from flowforge.gflownet import PolicyMLP, TrajectoryBalance
 from flowforge.gflownet.envs import BitSequence
 from flowforge.gflownet.exact import modes_found
 from flowforge.gflownet.outcome import OutcomeConditionedGFlowNet, OutcomeFineTuning
-from flowforge.recipes.gflownet import exact_outputs, sample_terminal
+from flowforge.recipes.gflownet import (
+    exact_outputs,
+    gflownet_eval_options,
+    gflownet_generator,
+    sample_terminal,
+)
 from flowforge.recipes.registry import Recipe, register
+from flowforge.recipes.run_folder import read_config
 
 __all__ = ["STAGES", "build_ocgfn", "downstream_env", "ocgfn_data", "ocgfn_evaluate", "ocgfn_reference"]
 
@@ -56,7 +62,7 @@ _ARCH = ("length", "word", "width", "depth", "log_floor")
 def _check_stage(config: dict[str, Any]) -> str:
     stage = config["stage"]
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose {', '.join(STAGES)} (e.g. --set stage=finetune)")
+        raise unknown_choice("stage", stage, STAGES, hint="e.g. --set stage=finetune")
     return stage
 
 
@@ -133,7 +139,7 @@ def ocgfn_data(config: dict[str, Any]) -> tuple[None, dict[str, Any]]:
                 "stage=finetune starts from a pre-trained run: --set init_from=RUN_DIR "
                 f"(train one with flowforge train bitseq-ocgfn --out RUN_DIR); got {config['init_from']!r}"
             )
-        init_cfg = json.loads((init / "config.json").read_text())
+        init_cfg = read_config(init)
         if init_cfg.get("recipe") != "bitseq-ocgfn" or init_cfg.get("stage") != "pretrain":
             raise ValueError(f"init_from={init} is not a bitseq-ocgfn stage=pretrain run")
         for k in _ARCH:
@@ -151,21 +157,18 @@ def ocgfn_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
 
 
 def ocgfn_evaluate(
-    run_dir: Path,
+    model: Any,
     config: dict[str, Any],
-    x: Tensor,
+    data: Any,
     metrics: list[str],
     *,
-    n_samples: int | None = None,
+    n: int | None = None,
     seed: int = 0,
     **_: Any,
 ) -> dict[str, float]:
     """pretrain: ``success`` (exact) and ``success_sampled``; finetune/scratch: exact ``l1_sum``,
     ``l1_mean``, ``jsd``, ``logz_error`` and ``modes_found`` of ``n_modes`` in sampled states."""
-    from flowforge.recipes.runs import load_run
-
-    model, _cfg = load_run(run_dir)
-    n = n_samples or int(config["eval_samples"])
+    n = n or int(config["eval_samples"])
     g = torch.Generator().manual_seed(seed)
     out: dict[str, float] = {}
     if config["stage"] == "pretrain":
@@ -217,9 +220,11 @@ register(
         defaults=_DEFAULTS,
         build=build_ocgfn,
         data=ocgfn_data,
-        kind="gflownet",
+        generator=gflownet_generator,
+        eval_options=gflownet_eval_options,
         reference=ocgfn_reference,
         evaluate=ocgfn_evaluate,
         metrics=("l1", "jsd", "logz", "modes", "success"),
+        kind="gflownet",
     )
 )

@@ -4,6 +4,16 @@
 Images are modelled after uniform dequantisation into ``[-1, 1]`` (TARFlow's set-up for likelihood
 models, ``noise_type uniform``), so the reported NLL is an upper bound on the discrete NLL of the
 integer images, in nats per image, and ``bpd`` is that bound in bits per pixel.
+
+Hooks: 2-D runs sample in data units; TARFlow runs take ``--method`` (``sequential``/``jacobi``) and
+``--guidance``, class-conditional image runs also ``--label``; spline and coupling flows take no
+sampling option. ``eval`` of 2-D runs gives ``nll``, ``bpd`` and the sample metrics against fresh toy
+points, and ``ess``/``logz`` towards ``--energy``; image runs give ``nll``/``bpd`` on the test split.
+
+Example:
+    >>> from flowforge.recipes import get_recipe
+    >>> get_recipe("moons-nsf").sample_options({"flow": "nsf"}), get_recipe("moons-tarflow").sample_options({"flow": "tarflow"})
+    ((), ('method', 'guidance'))
 """
 
 from __future__ import annotations
@@ -12,23 +22,35 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowforge.data import dequantization_log_det, dequantize, load_digits, load_mnist, quantize
+from flowforge.core.choices import unknown_choice
+from flowforge.data import dequantization_log_det, dequantize, load_array, load_digits, load_mnist, quantize
 from flowforge.metrics import bits_per_dim
 from flowforge.normalizing import MAF, NSF, RealNVP, TARFlow
+from flowforge.recipes.common import SAMPLE_METRICS, data_space_generator, nll_of, sample_metrics
 from flowforge.recipes.flows2d import flow_data, toy_reference
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = [
     "FLOWS",
+    "DENSITY_METRICS",
     "build_density_flow",
     "build_image_flow",
+    "density_sample_options",
+    "density_sample_kwargs",
+    "density_evaluate",
     "image_data",
     "image_reference",
+    "image_generator",
+    "image_evaluate",
     "ImageGenerator",
 ]
+
+#: Metrics of 2-D density runs; ``ess`` and ``logz`` weight the flow towards ``--energy``.
+DENSITY_METRICS: tuple[str, ...] = ("nll", "bpd", *SAMPLE_METRICS, "ess", "logz")
 
 _COMMON_2D: dict[str, Any] = {
     "dataset": "moons",
@@ -69,7 +91,7 @@ def build_density_flow(config: dict[str, Any]) -> nn.Module:
             noise_std=0.0,
         )
     if name not in FLOWS:
-        raise ValueError(f"unknown flow {name!r}; choose one of tarflow, {', '.join(FLOWS)}")
+        raise unknown_choice("flow", name, ["tarflow", *FLOWS], hint="e.g. --set flow=nsf")
     hidden = (config["hidden"],) * config["hidden_layers"]
     kwargs: dict[str, Any] = {"transforms": config["transforms"], "hidden": hidden}
     if name.startswith("nsf"):
@@ -77,11 +99,84 @@ def build_density_flow(config: dict[str, Any]) -> nn.Module:
     return FLOWS[name](dim, **kwargs)
 
 
+def density_sample_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """TARFlow runs: ``method`` and ``guidance``; spline, MAF and RealNVP flows: none."""
+    return ("method", "guidance") if config.get("flow") == "tarflow" else ()
+
+
+def density_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
+    """``sample(...)`` keywords of a density flow: the given ``method``/``guidance`` as they are."""
+    return {k: given[k] for k in ("method", "guidance") if k in given}
+
+
+def density_eval_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """``eval`` options of a 2-D density run (``energy``: the target of ``ess``/``logz``)."""
+    return ("data", "n", "energy")
+
+
+def _density_defaults(options: Any) -> tuple[str, ...]:
+    base = ("nll", "bpd", *SAMPLE_METRICS)
+    return (*base, "ess", "logz") if options.get("energy") else base
+
+
+def density_evaluate(
+    model: nn.Module,
+    config: dict[str, Any],
+    data: Any,
+    metrics: list[str],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    energy: str | None = None,
+    **_: Any,
+) -> dict[str, float]:
+    """``nll`` (nats per sample, data units), ``bpd``, sample metrics, and ``ess``/``logz`` towards ``energy``."""
+    gen = data_space_generator(model, config)
+    if {"ess", "logz"} & set(metrics) and energy is None:
+        raise ValueError("ess and logz weight the flow towards an energy: add --energy module:function")
+    out: dict[str, float] = {}
+    if set(metrics) - {"ess", "logz"}:
+        x = data().float()
+        out.update(sample_metrics(gen, x, metrics, n=n, seed=seed))
+        if "nll" in metrics or "bpd" in metrics:
+            out["nll"] = nll_of(gen, x, seed=seed)
+        if "bpd" in metrics:
+            out["bpd"] = bits_per_dim(out["nll"], gen.dim)
+    if {"ess", "logz"} & set(metrics):
+        from flowforge.data.energies import user_energy
+        from flowforge.metrics import boltzmann_metrics
+
+        m = boltzmann_metrics(
+            gen, user_energy(energy, dim=gen.dim), n or 20_000, torch.Generator().manual_seed(seed)
+        )
+        out.update({k: m[k] for k in ("ess", "logz") if k in metrics})
+    return out
+
+
+def _density_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recipe:
+    return Recipe(
+        name=name,
+        summary=summary,
+        defaults=defaults,
+        build=build_density_flow,
+        data=flow_data,
+        generator=data_space_generator,
+        sample_options=density_sample_options,
+        sample_kwargs=density_sample_kwargs,
+        eval_options=density_eval_options,
+        reference=toy_reference,
+        evaluate=density_evaluate,
+        metrics=DENSITY_METRICS,
+        default_metrics=_density_defaults,
+        kind="normalizing",
+    )
+
+
 register(
-    Recipe(
-        name="moons-nsf",
-        summary="neural spline flow (5 autoregressive RQ-spline layers) on two moons, by maximum likelihood",
-        defaults={
+    _density_recipe(
+        "moons-nsf",
+        "neural spline flow (5 autoregressive RQ-spline layers) on two moons, by maximum likelihood",
+        {
             **_COMMON_2D,
             "flow": "nsf",
             "transforms": 5,
@@ -90,31 +185,13 @@ register(
             "bins": 8,
             "bound": 5.0,
         },
-        build=build_density_flow,
-        data=flow_data,
-        kind="normalizing",
-        reference=toy_reference,
-        metrics=("nll", "bpd", "swd", "w2", "mmd", "energy", "ess", "logz"),
     )
 )
 register(
-    Recipe(
-        name="moons-tarflow",
-        summary="TARFlow (causal-transformer affine autoregressive flow) on two moons",
-        defaults={
-            **_COMMON_2D,
-            "flow": "tarflow",
-            "blocks": 8,
-            "width": 64,
-            "layers": 2,
-            "head_dim": 32,
-            "sos": True,
-        },
-        build=build_density_flow,
-        data=flow_data,
-        kind="normalizing",
-        reference=toy_reference,
-        metrics=("nll", "bpd", "swd", "w2", "mmd", "energy", "ess", "logz"),
+    _density_recipe(
+        "moons-tarflow",
+        "TARFlow (causal-transformer affine autoregressive flow) on two moons",
+        {**_COMMON_2D, "flow": "tarflow", "blocks": 8, "width": 64, "layers": 2, "head_dim": 32, "sos": True},
     )
 )
 
@@ -127,7 +204,11 @@ def _images(config: dict[str, Any], split: str):
         return load_digits(split)
     if config["dataset"] == "mnist":
         return load_mnist(Path(config["data_dir"]).expanduser(), split, download=config["download"])
-    raise ValueError(f"unknown image dataset {config['dataset']!r}; choose digits or mnist")
+    raise unknown_choice("image dataset", config["dataset"], ["digits", "mnist"])
+
+
+#: Classes of the image datasets (digits and MNIST: 0..9), the labels of class-conditional runs.
+N_CLASSES = 10
 
 
 def build_image_flow(config: dict[str, Any]) -> TARFlow:
@@ -142,7 +223,7 @@ def build_image_flow(config: dict[str, Any]) -> TARFlow:
         width=config["width"],
         layers=layers,
         head_dim=config["head_dim"],
-        num_classes=10 if config["conditional"] else None,
+        num_classes=N_CLASSES if config["conditional"] else None,
         label_dropout=config["label_dropout"],
         sos=config["starflow"],
         softplus=config["starflow"],
@@ -210,19 +291,51 @@ def _as_images(x: Tensor, config: dict[str, Any]) -> Tensor:
     return x.to(torch.uint8)
 
 
+def image_generator(model: nn.Module, config: dict[str, Any]) -> ImageGenerator:
+    """The ``generator`` hook of image runs: integer pixels in, integer pixels out."""
+    return ImageGenerator(model, int(config["levels"]))
+
+
+def image_sample_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """TARFlow's ``method`` and ``guidance``, and ``label`` (class-conditional runs only)."""
+    return ("method", "guidance", "label")
+
+
+def image_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
+    """``method``/``guidance`` as given; ``label`` becomes ``cond={"y": (n,) labels}``."""
+    out = {k: given[k] for k in ("method", "guidance") if k in given}
+    if "label" in given:
+        label = given["label"]
+        if not config.get("conditional"):
+            raise ValueError("--label needs a class-conditional run: train with --set conditional=true")
+        if not 0 <= label < N_CLASSES:
+            raise ValueError(f"--label must be a class in 0..{N_CLASSES - 1}, got {label}")
+        out["cond"] = {"y": torch.full((n,), int(label), dtype=torch.long)}
+    return out
+
+
+def image_eval_options(config: dict[str, Any]) -> tuple[str, ...]:
+    """``eval`` of an image run takes held-out images (``--data``) and nothing else."""
+    return ("data",)
+
+
+def load_images(path: str, config: dict[str, Any]) -> Tensor:
+    """Images for ``eval --data``: a ``.npy`` as ``flowforge sample`` writes it, ``(N, C, H, W)``, or any array."""
+    if str(path).endswith(".npy"):
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    return load_array(path)
+
+
 def image_evaluate(
-    run_dir: Path, config: dict[str, Any], x: Tensor, metrics: list[str], *, seed: int = 0, **_: Any
+    model: nn.Module, config: dict[str, Any], data: Any, metrics: list[str], *, seed: int = 0, **_: Any
 ) -> dict[str, float]:
     """``nll`` (nats per image, dequantised bound) and ``bpd`` of integer images under a run.
 
     A class-conditional run is scored with the null label, i.e. as the unconditional model that its
     label dropout trains (``p(x)``, comparable with unconditional runs), not as ``p(x | y)``.
     """
-    from flowforge.recipes.runs import load_run
-
-    flow, config = load_run(run_dir)
-    x = _as_images(x, config)
-    gen = ImageGenerator(flow, int(config["levels"]))
+    x = _as_images(data(), config)
+    gen = image_generator(model, config)
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     with torch.no_grad():
@@ -235,6 +348,25 @@ def image_evaluate(
     if "bpd" in metrics:
         out["bpd"] = bits_per_dim(nll, gen.dim)
     return out
+
+
+def _image_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recipe:
+    return Recipe(
+        name=name,
+        summary=summary,
+        defaults=defaults,
+        build=build_image_flow,
+        data=image_data,
+        generator=image_generator,
+        sample_options=image_sample_options,
+        sample_kwargs=image_sample_kwargs,
+        eval_options=image_eval_options,
+        reference=image_reference,
+        load_data=load_images,
+        evaluate=image_evaluate,
+        metrics=("nll", "bpd"),
+        kind="image",
+    )
 
 
 _IMAGE_COMMON: dict[str, Any] = {
@@ -252,10 +384,10 @@ _IMAGE_COMMON: dict[str, Any] = {
     "device": "",
 }
 register(
-    Recipe(
-        name="digits-tarflow",
-        summary="TARFlow on sklearn's 8x8 digits (patch 2, 16 tokens), bits per dimension",
-        defaults={
+    _image_recipe(
+        "digits-tarflow",
+        "TARFlow on sklearn's 8x8 digits (patch 2, 16 tokens), bits per dimension",
+        {
             **_IMAGE_COMMON,
             "dataset": "digits",
             "patch": 2,
@@ -265,19 +397,13 @@ register(
             "steps": 4000,
             "batch_size": 128,
         },
-        build=build_image_flow,
-        data=image_data,
-        kind="image",
-        reference=image_reference,
-        evaluate=image_evaluate,
-        metrics=("nll", "bpd"),
     )
 )
 register(
-    Recipe(
-        name="mnist-tarflow",
-        summary="TARFlow on MNIST 28x28 (patch 4, 49 tokens, 4 blocks x 4 layers, width 128), bits per dim",
-        defaults={
+    _image_recipe(
+        "mnist-tarflow",
+        "TARFlow on MNIST 28x28 (patch 4, 49 tokens, 4 blocks x 4 layers, width 128), bits per dim",
+        {
             **_IMAGE_COMMON,
             "dataset": "mnist",
             "patch": 4,
@@ -287,11 +413,5 @@ register(
             "steps": 20_000,
             "batch_size": 256,
         },
-        build=build_image_flow,
-        data=image_data,
-        kind="image",
-        reference=image_reference,
-        evaluate=image_evaluate,
-        metrics=("nll", "bpd"),
     )
 )
