@@ -487,6 +487,7 @@ def test_resume_restores_numpy_and_python_rngs(tmp_path):
 
 
 def test_threads_are_set_for_the_run_and_restored():
+    torch.set_num_threads(2)  # conftest runs tests on one thread; the fixture restores it
     before = torch.get_num_threads()
     seen = []
     train(
