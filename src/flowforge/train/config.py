@@ -33,6 +33,8 @@ class TrainConfig:
 
     Validated once, here; the derived defaults (``warmup``, ``ckpt_every``) are filled in, ``out`` becomes a
     ``Path``, ``device`` a ``torch.device`` and ``grad_clip=0`` becomes None.
+    ``dataclasses.replace(cfg, steps=...)`` re-validates but keeps the ``warmup`` and ``ckpt_every`` already
+    filled in from the old ``steps``; pass them again (or build a new TrainConfig) when that matters.
 
     Attributes:
         steps: total number of optimizer updates.
