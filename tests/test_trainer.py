@@ -5,14 +5,30 @@ from __future__ import annotations
 import doctest
 import json
 import math
+import random
+import socket
+import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import flowforge.train
-from flowforge.train import EMA, BatchRequest, CheckpointError, Run, Trainer, lr_at, run_seeds, train
+from flowforge.train import (
+    EMA,
+    BatchRequest,
+    CheckpointError,
+    Run,
+    RunLockedError,
+    TrainConfig,
+    Trainer,
+    lr_at,
+    run_seeds,
+    train,
+)
 from flowforge.train import checkpoint as ck_mod
 from flowforge.train import ema as ema_mod
 from flowforge.train import trainer as trainer_mod
@@ -307,18 +323,9 @@ def test_in_memory_run():
     assert_equal_states(state(run.load_into(ToyFM(2))), run.ema.state_dict())
 
 
-def test_progress_outputs(capsys, monkeypatch):
+def test_progress_outputs(capsys):
     train(ToyFM(), moons(), steps=8, **FAST)
     assert capsys.readouterr().err == ""  # progress=False: silent
-    monkeypatch.setitem(sys.modules, "tqdm", None)
-    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    train(ToyFM(), moons(), steps=8, **{**FAST, "progress": True, "log_every": 4})
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and err[0].startswith("step 4/8") and "steps/s" in err[0] and "loss" in err[0]
-
-
-def test_progress_with_tqdm(capsys):
-    pytest.importorskip("tqdm", reason="tqdm is not installed")
     train(ToyFM(), moons(), steps=8, **{**FAST, "progress": True})
     err = capsys.readouterr().err
     assert "8/8" in err and "step/s" in err
@@ -410,3 +417,199 @@ def test_data_stream_and_global_rng_are_independent():
         assert not torch.allclose(a, b)
     assert len({run_seeds(s, r) for s in range(3) for r in range(3)}) == 9
     assert len(set(run_seeds(0, 0))) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# TrainConfig, seeds, threads, run folders
+
+
+def test_train_config_is_the_one_place_settings_are_checked():
+    cfg = TrainConfig(steps=100, grad_clip=0, out="runs/x", device="cpu")
+    assert cfg.grad_clip is None and cfg.warmup == 5 and cfg.ckpt_every == 10
+    assert cfg.out.name == "x" and cfg.device == torch.device("cpu")
+    with pytest.raises(Exception, match="cannot assign"):
+        cfg.lr = 1.0  # frozen
+    with pytest.raises(
+        ValueError, match=r"steps must be an int >= 1, got 0; write e\.g\. steps=1000 \(--steps"
+    ):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="lr must be a number > 0"):
+        TrainConfig(steps=5, lr=-1)
+    with pytest.raises(ValueError, match=r"unknown schedule 'cosin' \(did you mean 'cosine'\?\)"):
+        TrainConfig(steps=5, schedule="cosin")
+    with pytest.raises(ValueError, match=r"--out runs/name on the command line"):
+        TrainConfig(steps=5, resume=True)
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        TrainConfig(steps=5, threads=0)
+    # keywords: unknown names list the valid ones; a TrainConfig object works, keywords override it
+    with pytest.raises(
+        ValueError, match=r"unknown training setting 'step' \(did you mean 'steps'\?\); choose one of"
+    ):
+        train(ToyFM(), moons(), step=3, **FAST)
+    with pytest.raises(TypeError, match="steps=1000"):
+        train(ToyFM(), moons(), **FAST)
+    a = train(ToyFM(0), moons(), TrainConfig(steps=6, **FAST))
+    b = train(ToyFM(0), moons(), TrainConfig(steps=99, **FAST), steps=6)
+    assert a.step == b.step == 6 and not differ(state(a.model), state(b.model))
+    # the keyword names the recipes use
+    recipe_kw = dict(steps=2, out=None, seed=0, resume=False, progress=False, device="cpu", threads=1)
+    recipe_kw.update(
+        batch_size=8, lr=1e-3, warmup=0, grad_clip=1.0, ema_decay=0.9, schedule="cosine", ckpt_every=0
+    )
+    assert train(ToyFM(), moons(), config={"name": "r"}, **recipe_kw).step == 2
+
+
+class GlobalRngFM(ToyFM):
+    """A loss that also draws from numpy's and Python's global RNGs."""
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        shift = float(np.random.standard_normal()) + random.gauss(0.0, 1.0)
+        return super().loss(x + shift)
+
+
+def test_fresh_runs_seed_numpy_and_python_too():
+    np.random.seed(1)
+    random.seed(1)
+    a = train(GlobalRngFM(0), moons(), steps=10, seed=3, **FAST)
+    np.random.seed(2)  # a different global state before the second run changes nothing
+    random.seed(2)
+    b = train(GlobalRngFM(0), moons(), steps=10, seed=3, **FAST)
+    assert_equal_states(state(a.model), state(b.model))
+
+
+def test_resume_restores_numpy_and_python_rngs(tmp_path):
+    kw = dict(steps=16, ckpt_every=8, seed=1, **FAST)
+    full = train(GlobalRngFM(0), moons(), out=tmp_path / "full", **kw)
+    with pytest.raises(Kill):
+        train(GlobalRngFM(0), moons(), out=tmp_path / "cut", callback=killer(11), **kw)
+    resumed = train(GlobalRngFM(5), moons(), out=tmp_path / "cut", resume=True, **kw)
+    assert_equal_states(state(full.model), state(resumed.model))
+
+
+def test_threads_are_set_for_the_run_and_restored():
+    torch.set_num_threads(2)  # conftest runs tests on one thread; the fixture restores it
+    before = torch.get_num_threads()
+    seen = []
+    train(
+        ToyFM(),
+        moons(),
+        steps=2,
+        threads=1,
+        callback=lambda s, t: seen.append(torch.get_num_threads()),
+        **FAST,
+    )
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    seen.clear()
+    train(ToyFM(), moons(), steps=1, callback=lambda s, t: seen.append(torch.get_num_threads()), **FAST)
+    assert seen == [1]  # automatic: a small model on CPU trains on one thread
+    big = nn.Linear(1200, 1000)  # 1.2M parameters: torch's default
+    assert trainer_mod.auto_threads(big, torch.device("cpu")) is None
+    assert trainer_mod.auto_threads(ToyFM(), torch.device("cuda")) is None
+
+
+class OwnBatches(SelfSampling):
+    makes_own_batches = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env = object()
+
+
+def test_models_that_make_their_own_batches_get_a_batch_request():
+    m = OwnBatches()
+    train(m, "ignored: the model makes its batches", steps=2, **FAST)
+    assert [type(r) for r in m.requests] == [BatchRequest, BatchRequest]
+
+    class Legacy(SelfSampling):  # no attribute: the deprecated `data is model.env` still works
+        def __init__(self) -> None:
+            super().__init__()
+            self.env = object()
+
+    legacy = Legacy()
+    train(legacy, legacy.env, steps=2, **FAST)
+    assert len(legacy.requests) == 2
+    with pytest.raises(TypeError, match="data must be a Tensor"):
+        train(Legacy(), object(), steps=2, **FAST)
+
+
+def test_a_diverging_run_stops_before_a_bad_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"diverged: .* by step \d+ \(lr .*\); lower lr") as info:
+        train(
+            ToyFM(0),
+            moons() * 1e3,
+            steps=200,
+            out=tmp_path,
+            lr=1e6,
+            grad_clip=0,
+            ckpt_every=1,
+            **{k: v for k, v in FAST.items() if k != "lr"},
+        )
+    assert "last good checkpoint, ckpt-" in str(info.value)
+    ckpt = ck_mod.load_checkpoint(tmp_path)
+    for group in ("model", "ema", "optimizer"):
+        for name, t in ckpt.tensors[group].items():
+            assert torch.isfinite(t).all(), (ckpt.path.name, group, name)
+
+
+def test_keyboard_interrupt_releases_the_lock_and_names_the_step(tmp_path):
+    def interrupt(step: int, trainer: Trainer) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted at step 5/20.*--resume"):
+        train(ToyFM(), moons(), steps=20, out=tmp_path, ckpt_every=5, callback=interrupt, **FAST)
+    assert not (tmp_path / ".lock").exists()
+    assert train(ToyFM(), moons(), steps=20, out=tmp_path, ckpt_every=5, resume=True, **FAST).step == 20
+
+
+HOLDER = """
+import sys, time, pathlib, torch
+from torch import nn
+from flowforge.train import train
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2))
+    def loss(self, x):
+        return ((x - self.w) ** 2).mean()
+
+go = pathlib.Path(sys.argv[2])
+def wait(step, trainer):
+    while step == 1 and not go.exists():
+        time.sleep(0.05)
+train(M(), torch.ones(8, 2), steps=3, out=sys.argv[1], batch_size=4, progress=False, callback=wait)
+"""
+
+
+def test_two_processes_cannot_train_into_one_folder(tmp_path):
+    out, go = tmp_path / "run", tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(go)])
+    try:
+        for _ in range(600):
+            if (out / ".lock").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (out / ".lock").exists(), "the first process never took the lock"
+        with pytest.raises(RunLockedError, match=rf"process {proc.pid} on .* is training into it") as info:
+            train(ToyFM(), moons(), steps=3, out=out, **FAST)
+        assert isinstance(info.value, FileExistsError)
+        assert "--out" in str(info.value)
+    finally:
+        go.touch()
+        assert proc.wait(timeout=60) == 0
+    assert not (out / ".lock").exists() and Run(out).step == 3
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with pytest.warns(UserWarning, match=f"left by process {dead.pid}, which is no longer running"):
+        assert train(ToyFM(), moons(), steps=2, out=tmp_path, **FAST).step == 2
+    assert not (tmp_path / ".lock").exists()
+    # a lock held by a process on another host is never taken over
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": "elsewhere"}))
+    with pytest.raises(RunLockedError, match="on elsewhere"):
+        train(ToyFM(), moons(), steps=4, out=tmp_path, resume=True, **FAST)

@@ -1,4 +1,4 @@
-"""Training: the :func:`train` loop, :class:`Run` folders, EMA, safetensors checkpoints and DDP.
+"""Training: the :func:`train` loop, :class:`TrainConfig`, :class:`Run` folders, EMA, safetensors checkpoints, DDP.
 
 ``flowforge.train`` is itself callable, so ``import flowforge.train as train; train(model, x, steps=...)``
 and ``ff.train(...)`` work whether the package exports the module or the function.
@@ -34,8 +34,10 @@ from .checkpoint import (
     save_checkpoint,
     save_safetensors,
 )
+from .config import TrainConfig
 from .distributed import LossModule
 from .ema import EMA
+from .lock import RunLockedError
 from .trainer import BatchRequest, Run, Trainer, lr_at, run_seeds, train
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "CheckpointError",
     "LossModule",
     "Run",
+    "RunLockedError",
+    "TrainConfig",
     "Trainer",
     "latest_checkpoint",
     "list_checkpoints",

@@ -1,14 +1,8 @@
-"""Safetensors I/O and crash-safe training checkpoints, written with torch and numpy only.
+"""Safetensors I/O and crash-safe training checkpoints.
 
-The `safetensors <https://huggingface.co/docs/safetensors>`_ format is read and written natively:
-
-.. code-block:: text
-
-    [8 bytes: N, little-endian u64][N bytes: JSON header, space padded][raw little-endian tensor bytes]
-
-where the header maps each tensor name to ``{"dtype": "F32", "shape": [2, 3], "data_offsets": [b, e]}``
-(offsets relative to the first byte after the header) plus an optional ``"__metadata__"`` of str -> str.
-Nothing is ever unpickled, so loading a file never executes code from it.
+Tensors are read and written by the `safetensors <https://huggingface.co/docs/safetensors>`_ package
+(``safetensors.torch.save`` / ``load`` on bytes); nothing is ever unpickled, so loading a file never
+executes code from it. This module adds atomic files, checksummed checkpoint folders and clear errors.
 
 A checkpoint is a folder ``ckpt-000500/`` holding one ``<group>.safetensors`` per tensor group (model,
 EMA, optimizer, ...) and a ``manifest.json`` with the step, a JSON ``config`` and the size and sha256
@@ -31,18 +25,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import struct
-import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from torch import Tensor
 
@@ -69,23 +62,8 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 _FORMAT = "flowforge-checkpoint"
 _VERSION = 1
-_MAX_HEADER = 100_000_000  # the same limit the safetensors package enforces
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_CODES: dict[torch.dtype, str] = {v: k for k, v in _DTYPES.items()}
 
 
 class CheckpointError(RuntimeError):
@@ -153,21 +131,10 @@ def atomic_write(path: PathLike, data: bytes | str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# safetensors
+# safetensors (through the safetensors package)
 
 
-def _raw_bytes(t: Tensor) -> bytes:
-    """The little-endian bytes of a tensor, row-major."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    raw = flat.view(torch.uint8)
-    if sys.byteorder == "big" and flat.element_size() > 1:
-        raw = raw.view(-1, flat.element_size()).flip(1).reshape(-1)
-    return raw.numpy().tobytes()
-
-
-def _check_tensor_dict(tensors: Mapping[str, Tensor], what: str) -> None:
+def _check_tensor_dict(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None, what: str) -> None:
     for name, t in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"{what}: tensor names must be str, got {name!r}; convert the key with str()")
@@ -179,194 +146,81 @@ def _check_tensor_dict(tensors: Mapping[str, Tensor], what: str) -> None:
             raise TypeError(
                 f"{what}: {name!r} is a {type(t).__name__}, not a torch.Tensor; only tensors are stored"
             )
-        if t.dtype not in _CODES:
-            known = ", ".join(str(d).removeprefix("torch.") for d in _CODES)
-            raise TypeError(
-                f"{what}: {name!r} has dtype {t.dtype}, which is not stored; cast it to one of {known}"
-            )
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"{what}: metadata must map str to str, got {k!r}: {v!r}; convert with str()")
 
 
-def _safetensors_chunks(
-    tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None, what: str
-) -> Iterator[bytes]:
-    _check_tensor_dict(tensors, what)
-    header: dict[str, Any] = {}
-    if metadata:
-        for k, v in metadata.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"{what}: metadata must map str to str, got {k!r}: {v!r}; convert with str()")
-        header["__metadata__"] = dict(metadata)
-    # Largest element size first, so every tensor's data is naturally aligned (as the safetensors
-    # package does); the header is padded to a multiple of 8 bytes.
-    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
-    offset = 0
-    for name in order:
-        t = tensors[name]
-        nbytes = t.numel() * t.element_size()
-        header[name] = {
-            "dtype": _CODES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    yield struct.pack("<Q", len(text))
-    yield text
-    for name in order:
-        yield _raw_bytes(tensors[name])
+def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None, what: str) -> bytes:
+    """``tensors`` serialised by ``safetensors.torch.save``: CPU, contiguous, shared memory copied apart."""
+    _check_tensor_dict(tensors, metadata, what)
+    plain: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr and ptr in seen:  # the package refuses tensors sharing memory; store independent copies
+            t = t.clone()
+        seen.add(ptr)
+        plain[name] = t
+    try:
+        return safetensors.torch.save(plain, metadata=dict(metadata) if metadata else None)
+    except KeyError as e:  # the package's dtype table has no entry for this dtype
+        bad = sorted(n for n, t in plain.items() if t.dtype == e.args[0]) or [str(e)]
+        raise TypeError(
+            f"{what}: {bad[0]!r} has dtype {e.args[0]}, which safetensors does not store; cast it to a "
+            "float, int, uint8 or bool dtype"
+        ) from None
+
+
+def _safetensors_load(data: bytes, where: str, advice: str) -> dict[str, Tensor]:
+    """Deserialise with the safetensors package (never unpickles); its errors become CheckpointError."""
+    try:
+        return safetensors.torch.load(data)
+    except safetensors.SafetensorError as e:
+        msg = str(e).removeprefix("Error while deserializing: ")
+        raise CheckpointError(
+            f"{where} has a bad header (the safetensors package says: {msg}); {advice}"
+        ) from None
 
 
 def save_safetensors(
     path: PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write ``tensors`` to a safetensors file, atomically.
+    """Write ``tensors`` to a safetensors file, atomically (``safetensors.torch.save`` + fsync + rename).
 
     Args:
         path: the file to write (conventionally ``*.safetensors``).
-        tensors: name -> tensor; float16/bfloat16/float32/float64, int8..int64, uint8 or bool, any
-            device (copied to CPU). Tensors sharing memory are written as independent copies.
+        tensors: name -> tensor, any dtype the safetensors package stores, any device (copied to CPU).
+            Tensors sharing memory are written as independent copies.
         metadata: optional str -> str stored under ``__metadata__``.
     """
-    _atomic_write_chunks(Path(path), _safetensors_chunks(tensors, metadata, str(path)))
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
+    _atomic_write_chunks(Path(path), [_safetensors_bytes(tensors, metadata, str(path))])
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _parse_header(
-    data: bytes | bytearray, where: str, advice: str
-) -> tuple[dict[str, Any], dict[str, str], int]:
-    """Validate the header of a safetensors byte string.
-
-    Returns:
-        (entries name -> (dtype, shape, begin, end), metadata, byte offset of the data buffer).
-    """
-
-    def fail(what: str) -> None:
-        raise CheckpointError(f"{where} {what}; {advice}")
-
-    if len(data) < 8:
-        fail(f"is truncated (found {len(data)} bytes, fewer than the 8-byte header length)")
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
-    if n > _MAX_HEADER:
-        fail(
-            f"has a bad header (its declared header length {n} exceeds {_MAX_HEADER}; "
-            "is it a safetensors file?)"
-        )
-    if 8 + n > len(data):
-        fail(f"is truncated (its header alone needs {8 + n} bytes, found {len(data)})")
-    try:
-        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
-        fail(f"has a bad header (not valid UTF-8 JSON: {e})")
-    if not isinstance(header, dict):
-        fail("has a bad header (the JSON header is not an object)")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        fail("has a bad header (__metadata__ must map str to str)")
-    entries: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            fail(f"has a bad header (entry {name!r} must have exactly dtype, shape and data_offsets)")
-        code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in _DTYPES:
-            fail(
-                f"has a bad header (tensor {name!r} has unknown dtype {code!r}; known: {', '.join(_DTYPES)})"
-            )
-        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            fail(f"has a bad header (tensor {name!r} has shape {shape!r}; expected a list of ints >= 0)")
-        if not (
-            isinstance(offs, list)
-            and len(offs) == 2
-            and all(_is_int(o) for o in offs)
-            and 0 <= offs[0] <= offs[1]
-        ):
-            fail(
-                f"has a bad header (tensor {name!r} has data_offsets {offs!r}; "
-                "expected [begin, end] with 0 <= begin <= end)"
-            )
-        dtype = _DTYPES[code]
-        need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if offs[1] - offs[0] != need:
-            fail(
-                f"has a bad header (tensor {name!r} of shape {shape} and dtype {code} needs {need} bytes, "
-                f"but its data_offsets {offs} span {offs[1] - offs[0]})"
-            )
-        entries[name] = (dtype, shape, offs[0], offs[1])
-    pos = 0
-    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
-        if begin != pos:
-            fail(
-                f"has a bad header (tensor data is not contiguous: {name!r} starts at byte {begin}, "
-                f"expected {pos})"
-            )
-        pos = end
-    base = 8 + n
-    if base + pos > len(data):
-        fail(f"is truncated (expected {base + pos} bytes, found {len(data)})")
-    if base + pos < len(data):
-        fail(
-            f"has {len(data) - base - pos} unexpected bytes after the tensor data "
-            f"(expected {base + pos} bytes)"
-        )
-    return entries, metadata, base
-
-
-def _decode(data: bytearray, entries: Mapping[str, Any], base: int) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for name, (dtype, shape, begin, end) in entries.items():
-        if end == begin:
-            out[name] = torch.empty(shape, dtype=dtype)
-            continue
-        raw = torch.frombuffer(data, dtype=torch.uint8, count=end - begin, offset=base + begin).clone()
-        size = torch.empty((), dtype=dtype).element_size()
-        if sys.byteorder == "big" and size > 1:
-            raw = raw.view(-1, size).flip(1).reshape(-1).clone()
-        out[name] = raw.view(dtype).reshape(shape)
-    return out
-
-
-def _read(path: Path) -> bytearray:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(size)
-        got = f.readinto(buf)
-    return buf[:got] if got != size else buf
+_FILE_ADVICE = "re-create the file or restore it from a backup"
 
 
 def load_safetensors(path: PathLike) -> dict[str, Tensor]:
-    """Read a safetensors file into CPU tensors, validating the header first.
+    """Read a safetensors file into CPU tensors with the safetensors package (nothing is unpickled).
 
     Args:
         path: the file.
 
     Returns:
-        name -> tensor, in header order.
+        name -> tensor.
 
     Raises:
-        CheckpointError: the file is missing, truncated, has trailing bytes or a malformed header
-            (unknown dtype, offsets out of range or not contiguous, size not matching the shape).
+        CheckpointError: the file is missing, truncated, has trailing bytes or a malformed header.
     """
     path = Path(path)
-    advice = "re-create the file or restore it from a backup"
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; check the path or re-create the file")
-    data = _read(path)
-    entries, _, base = _parse_header(data, str(path), advice)
-    return _decode(data, entries, base)
+    return _safetensors_load(path.read_bytes(), str(path), _FILE_ADVICE)
 
 
 def safetensors_metadata(path: PathLike) -> dict[str, str]:
@@ -374,8 +228,14 @@ def safetensors_metadata(path: PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; check the path or re-create the file")
-    _, metadata, _ = _parse_header(_read(path), str(path), "re-create the file or restore it from a backup")
-    return metadata
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except safetensors.SafetensorError as e:
+        msg = str(e).removeprefix("Error while deserializing: ")
+        raise CheckpointError(
+            f"{path} has a bad header (the safetensors package says: {msg}); {_FILE_ADVICE}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -575,7 +435,7 @@ def save_checkpoint(
     for group, state in tensors.items():
         fname = f"{group}.safetensors"
         sha, size = _atomic_write_chunks(
-            tmp / fname, _safetensors_chunks(state, {"format": "pt"}, f"{name}/{fname}")
+            tmp / fname, [_safetensors_bytes(state, {"format": "pt"}, f"{name}/{fname}")]
         )
         files[fname] = {"bytes": size, "sha256": sha}
     manifest = {
@@ -701,7 +561,7 @@ def load_checkpoint(path: PathLike, *, groups: Sequence[str] | None = None) -> C
         if not fpath.is_file():
             raise CheckpointError(f"{where} is missing; {advice}")
         expected = files[fname]["bytes"]
-        data = _read(fpath)
+        data = fpath.read_bytes()
         if len(data) < expected:
             raise CheckpointError(
                 f"{where} is truncated (expected {expected} bytes, found {len(data)}); {advice}"
@@ -710,12 +570,12 @@ def load_checkpoint(path: PathLike, *, groups: Sequence[str] | None = None) -> C
             raise CheckpointError(
                 f"{where} is too long (expected {expected} bytes, found {len(data)}); {advice}"
             )
-        entries, _, base = _parse_header(data, where, advice)
+        loaded = _safetensors_load(data, where, advice)
         sha = hashlib.sha256(data).hexdigest()
         if sha != files[fname]["sha256"]:
             raise CheckpointError(
                 f"{where} is corrupted (its sha256 {sha[:12]}... does not match the manifest's "
                 f"{files[fname]['sha256'][:12]}...); {advice}"
             )
-        tensors[group] = _decode(data, entries, base)
+        tensors[group] = loaded
     return Checkpoint(path=ckpt, step=manifest["step"], tensors=tensors, config=manifest.get("config", {}))
