@@ -8,7 +8,6 @@ here knows a family: every family-specific step is a hook of the run's :class:`~
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,17 +53,6 @@ def check_options(
             f"{flags} {'does' if len(bad) == 1 else 'do'} not apply to {recipe.name} runs; "
             f"the {command} options that do: {ok} (and {also})"
         )
-
-
-def _threads(config: dict[str, Any]) -> dict[str, Any]:
-    """``threads=`` for :func:`~flowforge.train.train`: the recipe's ``threads`` (0: automatic)."""
-    threads = int(config.get("threads", 0)) or None
-    if "threads" in inspect.signature(train).parameters:
-        return {"threads": threads}
-    # TEMPORARY: until the trainer's threads= setting lands, set torch's thread count here as before
-    if threads:
-        torch.set_num_threads(threads)
-    return {}
 
 
 def train_recipe(
@@ -123,7 +111,7 @@ def train_recipe(
         config=config,
         device=config.get("device") or None,
         **{k: config[k] for k in TRAIN_KEYS if k in config},
-        **_threads(config),
+        threads=int(config.get("threads", 0)) or None,  # 0: the trainer's automatic rule
     )
 
 

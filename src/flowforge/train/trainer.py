@@ -460,26 +460,13 @@ class Run:
 # Trainer
 
 
-def _deprecated_env_as_data(model: nn.Module, data: Any) -> bool:
-    """DEPRECATED fallback, delete once every self-sampling model declares ``makes_own_batches = True``.
-
-    Before the attribute existed, ``train(tb, env)`` signalled a self-sampling model by passing the
-    model's own environment as ``data``.
-    """
-    return data is not None and data is getattr(model, "env", None)
-
-
 def makes_own_batches(model: nn.Module, data: Any) -> bool:
     """Whether ``model.loss`` gets a :class:`BatchRequest` (and ``data`` is ignored).
 
     True when the model's class says ``makes_own_batches = True`` (GFlowNets, reverse-KL Boltzmann
     generators: they sample their own training batches), or when ``data`` is None.
     """
-    return (
-        bool(getattr(model, "makes_own_batches", False))
-        or data is None
-        or _deprecated_env_as_data(model, data)
-    )
+    return bool(getattr(model, "makes_own_batches", False)) or data is None
 
 
 def auto_threads(model: nn.Module, device: torch.device) -> int | None:
