@@ -325,7 +325,9 @@ def test_tableau_meets_exactly_its_declared_order_conditions(name):
 @pytest.mark.parametrize("cls", RK_CLASSES, ids=[c.__name__ for c in RK_CLASSES])
 def test_runge_kutta_classes_are_their_tableau(cls):
     solver = cls()
-    assert solver.order == cls.tableau.order and isinstance(solver, Solver) and not solver.adaptive
+    assert (
+        solver.order == cls.order == cls.tableau.order and isinstance(solver, Solver) and not solver.adaptive
+    )
     out = solve(velocity, x0_batch(), solver, 5)
     assert out.nfe == 5 * cls.tableau.stages
     generic = solve(velocity, x0_batch(), ExplicitRungeKutta(cls.tableau), 5)

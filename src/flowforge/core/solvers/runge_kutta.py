@@ -150,6 +150,12 @@ class ExplicitRungeKutta:
 
     adaptive: bool = False
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A named method's class declares its ``order`` from its ``tableau`` (``Euler.order == 1``)."""
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("tableau"), ButcherTableau):
+            cls.order = cls.__dict__["tableau"].order
+
     def __init__(self, tableau: ButcherTableau) -> None:
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(
