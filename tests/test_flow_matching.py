@@ -33,22 +33,8 @@ def _data(n=200_000):
     return M + S * torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
 
-PATHS = [AffinePath(Linear()), AffinePath(Cosine()), StochasticInterpolant(Linear(), BrownianGamma(0.5))]
-
-
-@pytest.mark.parametrize("path", PATHS, ids=["linear", "cosine", "interpolant"])
-@pytest.mark.parametrize("prediction", ["velocity", "x1"])
-def test_loss_is_minimised_by_the_marginal_field(path, prediction):
-    flow = GaussianFlow(path, M, S)
-    field = flow.velocity if prediction == "velocity" else flow.x1_mean
-    x1, delta = _data(), torch.tensor([0.3, -0.2], dtype=torch.float64)
-    losses = []
-    for off in (0.0, delta):
-        fm = FlowMatching(Exact(field, off), path=path, prediction=prediction, t_range=(0.02, 0.98))
-        torch.manual_seed(0)
-        losses.append(float(fm.loss(x1)))
-    # E|v* + delta - u|^2 = E|v* - u|^2 + |delta|^2 because E[u | x_t] = v*
-    assert losses[1] - losses[0] == pytest.approx(float(delta.square().mean()), rel=0.03)
+# The minimiser of every prediction's loss (not only that its residual has zero mean, which a constant
+# offset shows) is tested against the closed form in test_prediction_targets.py.
 
 
 def test_velocity_from_x1_prediction_matches_closed_form():
@@ -163,7 +149,7 @@ def test_nll_and_bits_per_dim_of_the_exact_flow():
     ],
     ids=["x0-cosine", "score-linear", "denoiser-interpolant"],
 )
-def test_noise_score_and_denoiser_targets_are_minimised_by_their_closed_forms(path, prediction):
+def test_noise_score_and_denoiser_closed_forms_convert_to_the_exact_velocity(path, prediction):
     flow = GaussianFlow(path, M, S)
 
     def closed_form(x, t):
@@ -174,14 +160,8 @@ def test_noise_score_and_denoiser_targets_are_minimised_by_their_closed_forms(pa
             return score
         return -path.gamma(t)[0][:, None] * score  # E[z | x_t] = -gamma_t * score
 
-    x1, delta = _data(), torch.tensor([0.3, -0.2], dtype=torch.float64)
-    losses = []
-    for off in (0.0, delta):
-        fm = FlowMatching(Exact(closed_form, off), path=path, prediction=prediction, t_range=(0.05, 0.7))
-        torch.manual_seed(0)
-        losses.append(float(fm.loss(x1)))
-    assert losses[1] - losses[0] == pytest.approx(float(delta.square().mean()), rel=0.05)
-    # and the generator turns the closed-form prediction back into the exact velocity
+    # the generator turns the closed-form prediction into the exact velocity (the loss's minimiser is
+    # tested in test_prediction_targets.py)
     gen_field = FlowMatching(Exact(closed_form), path=path, prediction=prediction, event_shape=(2,)).velocity
     x, t = torch.randn(16, 2, dtype=torch.float64), 0.1 + 0.6 * torch.rand(16, dtype=torch.float64)
     torch.testing.assert_close(gen_field(x, t), flow.velocity(x, t))

@@ -118,11 +118,17 @@ def test_op_loss_is_the_cross_entropy_by_hand():
     lse = math.log(sum(math.exp(v) for v in log_r))
     by_hand = -sum((1 / m) * (v - lse) for v, p in zip(log_r, front, strict=True) if p)
     assert op.loss(tr).item() == pytest.approx(by_hand, rel=1e-5)
-    # uniform P_B: log P_B of a move from s' is -log(#parents of s')
-    t, b = 0, 0
-    nxt = tr.states[1, b]
-    if tr.actions[t, b] != env.n_actions - 1:
-        assert float(tr.log_pb[t, b]) == pytest.approx(-math.log(int((nxt > 0).sum())))
+    # uniform P_B: log P_B of a move to s' is -log(#parents of s'), of the stop action 0; every transition
+    moves = stops = 0
+    for t, b in tr.valid.nonzero().tolist():
+        if int(tr.actions[t, b]) == env.n_actions - 1:
+            stops += 1
+            assert float(tr.log_pb[t, b]) == 0.0
+        else:
+            moves += 1
+            parents = int((tr.states[t + 1, b] > 0).sum())
+            assert float(tr.log_pb[t, b]) == pytest.approx(-math.log(parents), abs=1e-6), (t, b)
+    assert moves > 0 and stops == 9, (moves, stops)
     # the target is 1/|Pareto(X)| on the batch's front; log Z shifts nothing
     assert op.pareto_target(tr).tolist() == pytest.approx([p / m for p in front])
     with torch.no_grad():

@@ -145,12 +145,18 @@ def _write(tmp_path, body):
     return f
 
 
-def test_user_energy_gives_exact_logz_for_a_gaussian(gmm_run, tmp_path, capsys):
+def test_user_energy_logz_of_a_gaussian_within_importance_sampling_error(gmm_run, tmp_path, capsys):
     f = _write(tmp_path, "def energy(x):\n    return 0.5 * (x / 10).square().sum(-1)\n")
-    # the GMM-40 flow as a proposal for N(0, 10^2 I): log Z = log(2 pi 100)
-    assert main(["eval", str(gmm_run), "--metrics", "logz", "--energy", f"{f}:energy", "--n", "4000"]) == 0
+    # the GMM-40 flow as a proposal for N(0, 10^2 I): log Z = log(2 pi 100) = 6.443. Not exact: an importance
+    # sampling estimate, whose sd is ~ sqrt((1/ESS - 1) / n) (delta method). Measured over seeds 0-7 (n=4000):
+    # ESS ~ 0.175, log Z - truth in [-0.036, +0.037], sd 0.027, against sqrt((1/0.175 - 1)/4000) = 0.034.
+    n = 4000
+    argv = ["eval", str(gmm_run), "--metrics", "logz,ess", "--energy", f"{f}:energy", "--n", str(n)]
+    assert main(argv) == 0
     res = _json(capsys)
-    assert "logz_error" not in res and abs(res["logz"] - math.log(2 * math.pi * 100)) < 1.0
+    assert "logz_error" not in res and res["ess"] > 0.1
+    sd = math.sqrt((1 / res["ess"] - 1) / n)
+    assert abs(res["logz"] - math.log(2 * math.pi * 100)) < 4 * sd, (res, sd)
 
 
 @pytest.mark.parametrize(

@@ -128,10 +128,12 @@ class FlowMatching(nn.Module):
         if self.prediction == "velocity":
             return out
         kind = self.prediction
-        if kind == "denoiser":  # eta = E[z|x_t] = (gamma / sigma_bar) * eps_hat for a Gaussian source
+        if kind == "denoiser" or (kind == "x0" and hasattr(self.path, "gamma")):
+            # the canonical x0 of an interpolant is the total noise eps = (sigma x0 + gamma z) / sigma_bar;
+            # E[z|x_t] = (gamma / sigma_bar) eps_hat and E[x0|x_t] = (sigma / sigma_bar) eps_hat (Gaussian source)
             s = self.path.effective_schedule(t)
-            g, _ = self.path.gamma(t)
-            out = out * (s.sigma / g).reshape(-1, *([1] * (x.dim() - 1)))
+            part = self.path.gamma(t)[0] if kind == "denoiser" else self.path.schedule(t).sigma
+            out = out * (s.sigma / part).reshape(-1, *([1] * (x.dim() - 1)))
             kind = "x0"
         assert kind in PREDICTIONS
         return convert(out, x, t, self.path, src=kind, dst="velocity")
