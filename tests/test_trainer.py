@@ -520,16 +520,8 @@ def test_models_that_make_their_own_batches_get_a_batch_request():
     train(m, "ignored: the model makes its batches", steps=2, **FAST)
     assert [type(r) for r in m.requests] == [BatchRequest, BatchRequest]
 
-    class Legacy(SelfSampling):  # no attribute: the deprecated `data is model.env` still works
-        def __init__(self) -> None:
-            super().__init__()
-            self.env = object()
-
-    legacy = Legacy()
-    train(legacy, legacy.env, steps=2, **FAST)
-    assert len(legacy.requests) == 2
-    with pytest.raises(TypeError, match="data must be a Tensor"):
-        train(Legacy(), object(), steps=2, **FAST)
+    with pytest.raises(TypeError, match="data must be a Tensor"):  # no attribute: data must be real data
+        train(SelfSampling(), object(), steps=2, **FAST)
 
 
 def test_a_diverging_run_stops_before_a_bad_checkpoint(tmp_path):
