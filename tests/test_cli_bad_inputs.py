@@ -389,9 +389,6 @@ CASES = [
         "sample {runs}/list_json --out {tmp}/s.npy",
         "config.json",
         "object",
-        marks=_needs(
-            "recipes", "_read_config checks the JSON is an object with a 'recipe' (now: AttributeError)"
-        ),
     ),
     _case(
         "config.json lacks keys",

@@ -35,9 +35,9 @@ def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}; write e.g. 1000") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}; write e.g. 1000")
     return value
 
 
@@ -224,7 +224,10 @@ def _sample(a: argparse.Namespace) -> int:
 
     out = Path(a.out)
     if not a.out.strip() or out.suffix not in (".npy", ".png"):
-        raise ValueError(f"--out {a.out!r}: write FILE.npy (samples) or FILE.png (a plot)")
+        raise ValueError(
+            f"--out {a.out!r} is neither a .npy nor a .png file; write e.g. --out samples.npy (the samples) "
+            "or --out samples.png (a plot)"
+        )
     options = {k: getattr(a, k) for k in SAMPLE_OPTIONS if getattr(a, k) is not None}
     x = sample(a.run, a.n, seed=a.seed, **options)
     arr = x.detach().cpu().numpy()

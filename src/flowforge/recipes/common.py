@@ -68,7 +68,9 @@ def data_space_generator(model: nn.Module, config: dict[str, Any]) -> DataSpaceG
 def check_points(x: Tensor, dim: int) -> None:
     """Refuse data that is not ``(N, dim)``."""
     if x.dim() != 2 or x.shape[1] != dim:
-        raise ValueError(f"data has shape {tuple(x.shape)} but the run was trained on (N, {dim})")
+        raise ValueError(
+            f"data has shape {tuple(x.shape)} but the run was trained on (N, {dim}); pass an (N, {dim}) array"
+        )
 
 
 def sample_metrics(

@@ -127,6 +127,10 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def coerce(key: str, raw: Any, default: Any) -> Any:
     """``raw`` as the type of ``default`` (strings are parsed; ints widen to floats); else a ``ValueError``."""
     kind = type(default)
@@ -148,7 +152,9 @@ def coerce(key: str, raw: Any, default: Any) -> Any:
             return int(raw)
         if isinstance(raw, kind) and (kind is bool or not isinstance(raw, bool)):
             return raw
-        raise ValueError(f"--set {key}={raw!r}: expected a {kind.__name__} (default {default!r})")
+        raise ValueError(
+            f"--set {key}={raw!r}: expected {_article(kind.__name__)} {kind.__name__}; write e.g. --set {key}={default}"
+        )
     try:
         if kind is bool:
             low = raw.strip().lower()
@@ -163,7 +169,9 @@ def coerce(key: str, raw: Any, default: Any) -> Any:
             raise ValueError(raw)
         return raw
     except ValueError:
-        raise ValueError(f"--set {key}={raw}: expected a {kind.__name__} (default {default!r})") from None
+        raise ValueError(
+            f"--set {key}={raw}: expected {_article(kind.__name__)} {kind.__name__}; write e.g. --set {key}={default}"
+        ) from None
 
 
 def parse_sets(items: Iterable[str]) -> dict[str, str]:

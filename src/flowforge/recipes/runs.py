@@ -127,7 +127,7 @@ def sample(run_dir: str | Path, n: int, *, seed: int = 0, **options: Any) -> Ten
     Options that do not apply to the run's recipe (e.g. ``solver`` for a GFlowNet) are refused.
     """
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise ValueError(f"--n must be >= 1, got {n}; write e.g. --n 10000")
     config = read_config(run_dir)
     recipe = get_recipe(config["recipe"])
     given = {k: v for k, v in options.items() if v is not None}
@@ -161,7 +161,7 @@ def evaluate(
     named = [*given, *(["data"] if data is not None else []), *(["n"] if n_samples is not None else [])]
     check_options(recipe, "eval", named, recipe.eval_options(config), "--metrics, --seed")
     if n_samples is not None and n_samples < 1:
-        raise ValueError(f"--n must be >= 1, got {n_samples}")
+        raise ValueError(f"--n must be >= 1, got {n_samples}; write e.g. --n 10000")
     metrics = recipe.default_metrics_for(given) if metrics is None else tuple(metrics)
     if not metrics:
         raise ValueError(f"no metrics asked for; write e.g. --metrics {','.join(recipe.metrics)}")

@@ -61,6 +61,8 @@ class BitSequence:
         self.n_words = length // word
         self.vocab = 2**word
         if isinstance(modes, int):
+            if modes < 1:
+                raise ValueError(f"BitSequence needs n_modes >= 1 modes; got {modes}; write e.g. n_modes=4")
             g = torch.Generator().manual_seed(seed)
             modes = torch.randint(0, 2, (modes, length), generator=g)
         modes = torch.as_tensor(modes).long()

@@ -61,8 +61,15 @@ class HyperGrid:
     ) -> None:
         if ndim < 1 or height < 2:
             raise ValueError(f"HyperGrid needs ndim >= 1 and height >= 2; got ndim={ndim}, height={height}")
-        if r0 <= 0:
-            raise ValueError(f"HyperGrid needs r0 > 0 so that log R is finite; got r0={r0}")
+        if not (math.isfinite(r0) and r0 > 0):
+            raise ValueError(
+                f"HyperGrid needs a finite r0 > 0 so that log R is finite; got r0={r0}; write e.g. r0=0.1"
+            )
+        for name, r in (("r1", r1), ("r2", r2)):
+            if not (math.isfinite(r) and r >= 0):
+                raise ValueError(
+                    f"HyperGrid needs a finite {name} >= 0; got {name}={r}; write e.g. {name}=0.5"
+                )
         self.ndim, self.height = ndim, height
         self.r0, self.r1, self.r2 = r0, r1, r2
         self.n_actions = ndim + 1
