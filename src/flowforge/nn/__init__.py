@@ -2,6 +2,6 @@
 
 from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.mlp import MLP
-from flowforge.nn.transformer import CausalTransformer, KVCache
+from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
 
-__all__ = ["MLP", "FourierTime", "CausalTransformer", "KVCache"]
+__all__ = ["MLP", "FourierTime", "CausalTransformer", "KVCache", "StaticKVCache"]
