@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The normalizing-flow GPU checks in one call (see BENCHMARKS.md): Jacobi vs sequential TARFlow sampling
+# The normalizing-flow GPU checks in one call (results: benchmarks/RESULTS-jacobi.md): Jacobi vs sequential TARFlow sampling
 # on a 64-token model, and TARFlow on MNIST for a fixed step budget (test bpd, images/s).
 # Needs only torch (+ scikit-learn for the digits-trained Jacobi model); MNIST files in $MNIST_DIR.
 #   MNIST_DIR=benchmarks/.cache/mnist OUT=/tmp/out bash benchmarks/gpu_nf.sh
