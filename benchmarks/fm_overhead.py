@@ -82,7 +82,7 @@ def import_peers():
     except ImportError as e:
         raise SystemExit(
             f"peer library missing ({e}). Install the peers without replacing the CPU torch:\n"
-            "    bash /work/shared/tools/install_peers.sh fm\n"
+            "    bash ../shared/tools/install_peers.sh fm\n"
             "(flow-matching 1.0.10 and torchcfm 1.0.7 with --no-deps; never `pip install torch`)"
         ) from e
     versions = {

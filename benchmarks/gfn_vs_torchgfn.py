@@ -23,7 +23,7 @@ Protocol (torchgfn's ``train_hypergrid.py`` defaults, both libraries in one proc
 
 Run::
 
-    bash /work/shared/tools/install_peers.sh gfn     # torchgfn 2.4.1
+    bash ../shared/tools/install_peers.sh gfn     # torchgfn 2.4.1
     python benchmarks/gfn_vs_torchgfn.py             # 2-D and 4-D, 32k trajectories each
 """
 

@@ -5,19 +5,26 @@ Gaussian noise 0.05 as in TARFlow), trained for ``--train-steps`` AdamW steps so
 fixed point is a real one, or (``--train-steps 0``, or without scikit-learn) random weights. The
 trained weights are cached in ``benchmarks/.cache/`` (safetensors + JSON) unless ``--retrain``.
 
-For one batch of base noise it times
+For one batch of base noise it times both methods in two modes, and only ever compares a method
+with the other one *in the same mode*:
 
-- ``sequential``: token by token on the KV cache (``T - 1`` transformer calls per block);
-- ``jacobi``: STARFlow-V's chunked fixed-point iteration for every ``--chunks`` x ``--tols`` pair,
+- **eager** (every device): ``sequential`` token by token on the growing KV cache (``T - 1``
+  transformer calls per block) against ``jacobi``, STARFlow-V's chunked fixed-point iteration, for
+  every ``--chunks`` x ``--tols`` pair;
+- **graph** (CUDA only; ``cuda_graph=True``): ``sequential`` as one fixed-shape token step on a
+  static KV cache, captured once per block as a CUDA graph and replayed for every token, against
+  ``jacobi`` as one fixed-shape full pass per iteration, captured once per block and replayed
+  (the whole sequence is one chunk), for every ``--tols`` value. Capture is inside the timing.
 
-and reports the median wall time over ``--repeat`` runs (after one warm-up run of each; CUDA is
-synchronised around every timing), the speed-up, the max |difference| to the sequential samples,
-the mean number of Jacobi iterations per chunk, the transformer calls and the token-rows computed
-per sample. Denoising is off (it is the same for both).
+It reports the median wall time over ``--repeat`` runs (after one warm-up run of each; CUDA is
+synchronised around every timing), the speed-up over the sequential row of the same mode, the max
+|difference| to the eager sequential samples, the mean number of Jacobi iterations per chunk, the
+transformer calls and the token-rows computed per sample, then a side-by-side summary of the two
+modes. Denoising is off (it is the same for both).
 
 Run:
-    python benchmarks/jacobi.py                                   # CPU, float32, batches 1,4,8,32
-    python benchmarks/jacobi.py --device cuda --batch 8,256 --width 256 --repeat 5
+    python benchmarks/jacobi.py --repeat 5                                   # CPU: eager rows only
+    python benchmarks/jacobi.py --device cuda --batch 1,8,256 --width 256 --repeat 5   # eager + graph
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from flowforge.normalizing.tarflow import TARFlow
+from flowforge.normalizing.tarflow import JACOBI_MAX_ITER, JACOBI_TOL, TARFlow
 from flowforge.train import load_safetensors, save_safetensors
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -123,8 +130,30 @@ def timed(
 
 def show(r: dict) -> None:
     iters = r["iters"] if isinstance(r["iters"], str) else f"{r['iters']:.2f}"
-    print(f"| {r['batch']} | {r['method']} | {r['chunk']} | {r['tol']} | {r['ms']:.1f} | {r['speedup']:.2f}x | "
-          f"{r['max_diff']:.2e} | {iters} | {r['calls']} | {r['tokens']} |", flush=True)  # fmt: skip
+    print(f"| {r['batch']} | {r['mode']} | {r['method']} | {r['chunk']} | {r['tol']} | {r['ms']:.1f} | "
+          f"{r['speedup']:.2f}x | {r['max_diff']:.2e} | {iters} | {r['calls']} | {r['tokens']} |",
+          flush=True)  # fmt: skip
+
+
+def summary(rows: list[dict]) -> None:
+    """Eager-vs-eager and graph-vs-graph speed-ups side by side (Jacobi on one chunk of the sequence)."""
+    seq = {(r["batch"], r["mode"]): r for r in rows if r["method"] == "sequential"}
+    jac = {(r["batch"], r["mode"], r["tol"]): r for r in rows if r["method"] == "jacobi"}
+    big = max((r["chunk"] for r in rows if r["mode"] == "eager" and r["method"] == "jacobi"), default=None)
+    print()
+    print(f"Side by side (eager Jacobi chunk {big}; graph Jacobi over the whole sequence):")
+    print()
+    print("| batch | tol | eager: sequential / Jacobi (ms) | eager speed-up | graph: sequential / Jacobi (ms) "
+          "| graph speed-up | max abs diff, eager / graph Jacobi |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for (b, mode, tol), r in jac.items():
+        if mode != "eager" or r["chunk"] != big:
+            continue
+        e, g, gs = r, jac.get((b, "graph", tol)), seq.get((b, "graph"))
+        graph = f"{gs['ms']:.1f} / {g['ms']:.1f} | {g['speedup']:.2f}x" if g and gs else "(CUDA only) | -"
+        gdiff = f"{g['max_diff']:.1e}" if g else "-"
+        print(f"| {b} | {tol} | {seq[(b, 'eager')]['ms']:.1f} / {e['ms']:.1f} | {e['speedup']:.2f}x | {graph} | "
+              f"{e['max_diff']:.1e} / {gdiff} |")  # fmt: skip
 
 
 def main() -> None:
@@ -136,20 +165,18 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--chunks", default="16,32,64", help="comma-separated Jacobi chunk sizes")
-    p.add_argument("--tols", default="1e-4,1e-6", help="comma-separated Jacobi tolerances")
+    p.add_argument("--chunks", default="16,64", help="comma-separated Jacobi chunk sizes (eager mode)")
     p.add_argument(
-        "--max-iter", type=int, default=32, help="Jacobi iteration cap per chunk (library default)"
+        "--tols",
+        default=f"1e-6,{JACOBI_TOL:g}",
+        help="comma-separated Jacobi tolerances (library default last)",
     )
+    p.add_argument("--max-iter", type=int, default=JACOBI_MAX_ITER, help="Jacobi iteration cap per chunk")
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--random-scale", type=float, default=0.05)
     p.add_argument("--retrain", action="store_true")
-    p.add_argument(
-        "--graph",
-        action="store_true",
-        help="also time Jacobi as one fixed-shape step per block replayed as a CUDA graph (eager on CPU)",
-    )
+    p.add_argument("--eager-only", action="store_true", help="skip the graph-vs-graph rows on CUDA")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -158,6 +185,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
+    modes = ["eager"] + (["graph"] if device.type == "cuda" and not args.eager_only else [])
     flow, info = build(args, device)
     flow = flow.to(DTYPES[args.dtype])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -165,47 +193,39 @@ def main() -> None:
         f"- `TARFlow 8x8x1 patch 1 (T=64), blocks={args.blocks} width={args.width} layers={args.layers}; {info}`"
     )
     print(f"- `device={args.device} ({name}) dtype={args.dtype} threads={args.threads} repeat={args.repeat} "
-          f"max_iter={args.max_iter} torch={torch.__version__}`")  # fmt: skip
+          f"max_iter={args.max_iter} modes={'+'.join(modes)} torch={torch.__version__}`")  # fmt: skip
     print()
-    print(
-        "| batch | method | chunk | tol | time (ms) | speed-up | max abs diff | iters/chunk | calls | token-rows/sample |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| batch | mode | method | chunk | tol | time (ms) | speed-up (same mode) | max abs diff | iters/chunk "
+          "| calls | token-rows/sample |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
+    tols = [float(t) for t in args.tols.split(",")]
     for batch in (int(b) for b in args.batch.split(",")):
-        with torch.no_grad():
-            ref, t_seq, st = timed(flow, batch, args, device)
-        rows.append({"batch": batch, "method": "sequential", "chunk": "-", "tol": "-", "ms": 1e3 * t_seq,
-                     "speedup": 1.0, "max_diff": 0.0, "iters": "-", "calls": st["transformer_calls"],
-                     "tokens": st["transformer_calls"]})  # fmt: skip
-        show(rows[-1])
-        for chunk in (int(c) for c in args.chunks.split(",")):
-            for tol in (float(t) for t in args.tols.split(",")):
-                with torch.no_grad():
-                    out, t, st = timed(
-                        flow, batch, args, device, method="jacobi", jacobi_block=chunk, jacobi_tol=tol,
-                        jacobi_max_iter=args.max_iter,
-                    )  # fmt: skip
-                it = st["jacobi_iters"]
-                rows.append({
-                    "batch": batch, "method": "jacobi", "chunk": chunk, "tol": tol, "ms": 1e3 * t,
-                    "speedup": t_seq / t, "max_diff": (out.float() - ref.float()).abs().max().item(),
-                    "iters": sum(it) / len(it), "calls": st["transformer_calls"], "tokens": st["tokens"],
-                })  # fmt: skip
-                show(rows[-1])
-        for tol in (float(t) for t in args.tols.split(",")) if args.graph else ():
+        ref = None
+        for mode in modes:
+            graph = mode == "graph"
             with torch.no_grad():
-                out, t, st = timed(
-                    flow, batch, args, device, method="jacobi", jacobi_tol=tol, jacobi_max_iter=args.max_iter,
-                    cuda_graph=True,
-                )  # fmt: skip
-            it = st["jacobi_iters"]
-            rows.append({
-                "batch": batch, "method": "jacobi+graph", "chunk": "all", "tol": tol, "ms": 1e3 * t,
-                "speedup": t_seq / t, "max_diff": (out.float() - ref.float()).abs().max().item(),
-                "iters": sum(it) / len(it), "calls": st["transformer_calls"], "tokens": st["tokens"],
-            })  # fmt: skip
+                out, t_seq, st = timed(flow, batch, args, device, cuda_graph=graph)
+            ref = out if ref is None else ref  # every difference is against the eager sequential samples
+            rows.append({"batch": batch, "mode": mode, "method": "sequential", "chunk": "-", "tol": "-",
+                         "ms": 1e3 * t_seq, "speedup": 1.0, "max_diff": (out.float() - ref.float()).abs().max().item(),
+                         "iters": "-", "calls": st["transformer_calls"], "tokens": st["transformer_calls"]})  # fmt: skip
             show(rows[-1])
+            for chunk in [int(c) for c in args.chunks.split(",")] if not graph else ["all"]:
+                for tol in tols:
+                    with torch.no_grad():
+                        out, t, st = timed(
+                            flow, batch, args, device, method="jacobi", jacobi_tol=tol, jacobi_max_iter=args.max_iter,
+                            cuda_graph=graph, **({} if graph else {"jacobi_block": chunk}),
+                        )  # fmt: skip
+                    it = st["jacobi_iters"]
+                    rows.append({
+                        "batch": batch, "mode": mode, "method": "jacobi", "chunk": chunk, "tol": tol, "ms": 1e3 * t,
+                        "speedup": t_seq / t, "max_diff": (out.float() - ref.float()).abs().max().item(),
+                        "iters": sum(it) / len(it), "calls": st["transformer_calls"], "tokens": st["tokens"],
+                    })  # fmt: skip
+                    show(rows[-1])
+    summary(rows)
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "info": info, "rows": rows},
                                         indent=2, default=str))  # fmt: skip

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flowforge.nn.transformer import CausalTransformer, KVCache
+from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
 from flowforge.normalizing.tarflow import (
     SamplingOptions,
     TARFlow,
@@ -224,6 +224,76 @@ def test_fixed_shape_jacobi_step_equals_sequential(sos):
     )  # fmt: skip
     assert (seq - jac).abs().max() <= 1e-10
     assert len(stats["jacobi_iters"]) == 2 and max(stats["jacobi_iters"]) <= 64
+
+
+def test_static_kv_cache_token_steps_equal_full_sequence():
+    torch.manual_seed(0)
+    net = CausalTransformer(width=32, layers=2, head_dim=8).to(F64)
+    h = torch.randn(3, 7, 32, dtype=F64)
+    cache = StaticKVCache(7)
+    outs = [net(h[:, :2], cache)] + [net(h[:, i : i + 1], cache) for i in range(2, 7)]
+    assert int(cache.pos) == 7
+    torch.testing.assert_close(torch.cat(outs, 1), net(h), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="one cache per batch"):
+        net(h[:2, :1], cache)
+
+
+STATIC_CASES = {  # (flow kwargs, sample kwargs): vector and image TARFlows, with and without guidance
+    "vector": ({"dim": 8}, {}),
+    "vector-starflow-attn-temp": ({"dim": 8, **VARIANTS["starflow"]}, {"guidance": 0.2, "attn_temp": 0.3}),
+    "image-cond": ({"image_shape": (1, 4, 4), "patch": 1, "num_classes": 3}, {}),
+    "image-cond-guided": ({"image_shape": (1, 4, 4), "patch": 1, "num_classes": 3}, {"guidance": 1.5}),
+    "image-patch-sos-annealed": (
+        {"image_shape": (2, 4, 4), "patch": 2, "num_classes": 3, "sos": True, "layers": [1, 2]},
+        {"guidance": 0.7, "guidance_rule": "starflow", "annealed": True},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STATIC_CASES))
+def test_static_cache_sequential_equals_sequential(case):
+    # cuda_graph=True decodes token by token with one fixed-shape step on a StaticKVCache (eager on a
+    # CPU): the samples of today's growing-cache decoder, to float32 rounding, from the same generator
+    fkw, skw = STATIC_CASES[case]
+    torch.manual_seed(0)
+    kw = {"blocks": 2, "width": 32, "layers": 1, "head_dim": 16, "noise_std": 0.0, **fkw}
+    flow = randomize(TARFlow(**kw), 0.05).eval()
+    n = 5
+    cond = {"y": torch.tensor([0, 1, 2, 3, 1])} if flow.num_classes else {}
+    skw = {"cond": cond, "denoise": False, **skw}
+    seq = flow.sample(n, generator=torch.Generator().manual_seed(7), **skw)
+    stats: dict = {}
+    static = flow.sample(n, generator=torch.Generator().manual_seed(7), cuda_graph=True, stats=stats, **skw)
+    z = flow.base.sample(n, torch.Generator().manual_seed(7))
+    assert (seq - z).abs().max() > 0.5  # the blocks are far from the identity
+    assert (static - seq).abs().max() <= 1e-6 * seq.abs().max()
+    assert stats["transformer_calls"] == 2 * flow.blocks[0].positions
+    # and in float64, where the masked full-buffer attention is the only difference, to 1e-12
+    flow = flow.to(F64)
+    seq = flow.sample(n, generator=torch.Generator().manual_seed(7), **skw)
+    static = flow.sample(n, generator=torch.Generator().manual_seed(7), cuda_graph=True, **skw)
+    torch.testing.assert_close(static, seq, atol=1e-12, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("method", ["sequential", "jacobi"])
+def test_cuda_graph_sampling_equals_eager_on_gpu(method):
+    # the captured-and-replayed token step (sequential) and iteration (Jacobi) against eager sequential
+    torch.manual_seed(0)
+    flow = TARFlow(image_shape=(1, 8, 8), patch=1, blocks=2, width=32, layers=1, head_dim=16, num_classes=3)
+    flow = randomize(flow, 0.05).to("cuda").eval()
+    kw = {"cond": {"y": torch.tensor([0, 1, 2, 3], device="cuda")}, "guidance": 1.0, "denoise": False}
+    g = torch.Generator(device="cuda")
+    seq = flow.sample(4, generator=g.manual_seed(3), **kw)
+    stats: dict = {}
+    graph = flow.sample(
+        4, generator=g.manual_seed(3), method=method, cuda_graph=True, jacobi_tol=1e-12, stats=stats, **kw
+    )
+    torch.testing.assert_close(graph, seq, atol=1e-4, rtol=0)
+    if method == "sequential":
+        assert stats["transformer_calls"] == 2 * 63
+        again = flow.sample(4, generator=g.manual_seed(3), cuda_graph=True, **kw)  # a fresh capture
+        torch.testing.assert_close(again, graph, atol=1e-6, rtol=0)
 
 
 def test_jacobi_sos_guided_and_differentiable():

@@ -5,6 +5,15 @@ from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
-from flowforge.nn.transformer import CausalTransformer, KVCache
+from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
 
-__all__ = ["MLP", "MADE", "FourierTime", "CausalTransformer", "KVCache", "PolicyMLP", "shared_trunk_policies"]
+__all__ = [
+    "MLP",
+    "MADE",
+    "FourierTime",
+    "CausalTransformer",
+    "KVCache",
+    "StaticKVCache",
+    "PolicyMLP",
+    "shared_trunk_policies",
+]

@@ -8,6 +8,11 @@ One network, three ways to call it:
   attends to the cache and causally to itself. ``cache.rewind(n)`` drops the last ``n`` tokens
   again, which is what Jacobi (fixed-point) decoding needs (STARFlow-V, Gu et al. 2025).
 
+:class:`KVCache` grows with the sequence (shapes change every call). :class:`StaticKVCache` is its
+fixed-shape twin for CUDA graphs: preallocated buffers of the full length, the write position held
+in a device tensor, attention over the whole buffer with a mask, so one token step has the same
+shapes and kernels whatever the position and can be captured once and replayed.
+
 Every block is ``h += Attn(LN(h))``, ``h += MLP(LN(h))`` (GELU, expansion 4), as in TARFlow
 (Zhai et al. 2024, arXiv:2412.06329); attention goes through
 :func:`torch.nn.functional.scaled_dot_product_attention`. A final LayerNorm closes the trunk.
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KVCache", "CausalSelfAttention", "TransformerBlock", "CausalTransformer"]
+__all__ = ["KVCache", "StaticKVCache", "CausalSelfAttention", "TransformerBlock", "CausalTransformer"]
 
 
 class KVCache:
@@ -103,6 +108,65 @@ class KVCache:
         self._k, self._v, self._len = [], [], []
 
 
+class StaticKVCache:
+    """A fixed-shape key/value cache of at most ``length`` tokens, for decoding under a CUDA graph.
+
+    Buffers are ``(B, heads, length, head_dim)``, allocated (zeroed) on the first write of each layer
+    and never reallocated; ``pos`` is a 0-dim ``long`` tensor on the device holding the number of
+    cached tokens, advanced in place after every transformer pass, so no Python integer depends on
+    the position. Attention reads the whole buffer through :meth:`mask` (key ``j`` is visible to new
+    token ``i`` iff ``j <= pos + i``). Inference only (writes are in place).
+
+    Args:
+        length: the most tokens the cache will hold.
+        device: where ``pos`` (and the buffers) live.
+
+    Example:
+        >>> c = StaticKVCache(4)
+        >>> k = torch.randn(2, 1, 1, 3)
+        >>> kb, _ = c.append(0, k, k)
+        >>> c.mask(1).tolist(), kb.shape
+        ([[True, False, False, False]], torch.Size([2, 1, 4, 3]))
+        >>> c.advance(1)
+        >>> int(c.pos), c.mask(1).tolist()
+        (1, [[True, True, False, False]])
+    """
+
+    def __init__(self, length: int, device: torch.device | str | None = None) -> None:
+        if length < 1:
+            raise ValueError(f"StaticKVCache needs length >= 1, got {length}")
+        self.length = int(length)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self._keys = torch.arange(self.length, device=device)
+        self._k: list[Tensor] = []
+        self._v: list[Tensor] = []
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v: (B, H, n, hd)`` at positions ``pos .. pos + n - 1``; return the full buffers."""
+        if layer == len(self._k):
+            shape = (k.shape[0], k.shape[1], self.length, k.shape[3])
+            self._k.append(k.new_zeros(shape))  # zeros: masked keys must not hold NaN (0 * NaN = NaN)
+            self._v.append(v.new_zeros(shape))
+        kb, vb = self._k[layer], self._v[layer]
+        if kb.shape[:2] != k.shape[:2] or kb.shape[3] != k.shape[3]:
+            raise ValueError(
+                f"StaticKVCache holds batch/heads/head_dim {tuple(kb.shape[:2])}/{kb.shape[3]}, got "
+                f"{tuple(k.shape[:2])}/{k.shape[3]}; use one cache per batch"
+            )
+        idx = self.pos + self._keys[: k.shape[2]]
+        kb.index_copy_(2, idx, k)
+        vb.index_copy_(2, idx, v)
+        return kb, vb
+
+    def mask(self, n: int) -> Tensor:
+        """``(n, length)`` boolean attention mask of ``n`` new tokens written at ``pos``."""
+        return self._keys[None, :] <= (self.pos + self._keys[:n])[:, None]
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more tokens as cached (in place: safe inside a captured graph)."""
+        self.pos.add_(n)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention, ``(B, n, width) -> (B, n, width)``, optionally cached.
 
@@ -120,8 +184,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(
-        self, h: Tensor, cache: KVCache | None = None, layer: int = 0, attn_temp: float | Tensor = 1.0
+        self,
+        h: Tensor,
+        cache: KVCache | StaticKVCache | None = None,
+        layer: int = 0,
+        attn_temp: float | Tensor = 1.0,
+        mask: Tensor | None = None,
     ) -> Tensor:
+        """``mask``: the :meth:`StaticKVCache.mask` of this pass (computed once by the trunk)."""
         b, n, w = h.shape
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if isinstance(attn_temp, Tensor):  # one temperature per sample: scale the queries
@@ -130,6 +200,12 @@ class CausalSelfAttention(nn.Module):
         else:
             scale = self.head_dim**-0.5 / attn_temp
         past = 0
+        if isinstance(cache, StaticKVCache):
+            k, v = cache.append(layer, k, v)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=cache.mask(n) if mask is None else mask, scale=scale
+            )
+            return self.proj(out.transpose(1, 2).reshape(b, n, w))
         if cache is not None:
             past = cache.length(layer)
             k, v = cache.append(layer, k, v)
@@ -156,9 +232,14 @@ class TransformerBlock(nn.Module):
         )
 
     def forward(
-        self, h: Tensor, cache: KVCache | None = None, layer: int = 0, attn_temp: float | Tensor = 1.0
+        self,
+        h: Tensor,
+        cache: KVCache | StaticKVCache | None = None,
+        layer: int = 0,
+        attn_temp: float | Tensor = 1.0,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        h = h + self.attn(self.norm1(h), cache, layer, attn_temp)
+        h = h + self.attn(self.norm1(h), cache, layer, attn_temp, mask)
         return h + self.mlp(self.norm2(h))
 
 
@@ -174,7 +255,8 @@ class CausalTransformer(nn.Module):
 
     Call ``net(h, cache=None, attn_temp=1.0)``. Without a cache the whole sequence is processed with a
     causal mask. With a :class:`KVCache`, ``h`` holds the *new* tokens: they are appended to the cache
-    and attend to every cached token. ``attn_temp`` divides the attention logits (a float, or a
+    and attend to every cached token. With a :class:`StaticKVCache` the same
+    happens on fixed shapes, and the cache's position advances by ``n`` after the pass. ``attn_temp`` divides the attention logits (a float, or a
     ``(B,)`` tensor with one temperature per sample); TARFlow uses ``attn_temp != 1`` for guidance
     of unconditional models.
 
@@ -198,9 +280,15 @@ class CausalTransformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, mlp_ratio) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, h: Tensor, cache: KVCache | None = None, attn_temp: float | Tensor = 1.0) -> Tensor:
+    def forward(
+        self, h: Tensor, cache: KVCache | StaticKVCache | None = None, attn_temp: float | Tensor = 1.0
+    ) -> Tensor:
         if h.dim() != 3 or h.shape[-1] != self.width:
             raise ValueError(f"expected tokens of shape (B, n, {self.width}), got {tuple(h.shape)}")
+        static = isinstance(cache, StaticKVCache)
+        mask = cache.mask(h.shape[1]) if static else None
         for i, block in enumerate(self.blocks):
-            h = block(h, cache, i, attn_temp)
+            h = block(h, cache, i, attn_temp, mask)
+        if static:
+            cache.advance(h.shape[1])
         return self.norm(h)

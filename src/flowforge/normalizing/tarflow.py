@@ -21,7 +21,8 @@ block last in data-to-noise order (``layers=[2, 2, 2, 8]``), optionally the only
 (``cond_top_only=True``).
 
 Sampling inverts the blocks in reverse order. Inside a block ``x_t = mu_t + sigma_t z_t`` needs
-``x_{<t}``: ``method="sequential"`` runs the transformer token by token on a key/value cache;
+``x_{<t}``: ``method="sequential"`` runs the transformer token by token on a key/value cache
+(``cuda_graph=True``: a static cache and one fixed-shape token step, replayed as a CUDA graph);
 ``method="jacobi"`` (STARFlow-V) splits the tokens into chunks and iterates
 ``x^{(i+1)}_t = mu_t(x^{(i)}_{<t}) + sigma_t(x^{(i)}_{<t}) z_t`` in parallel over a chunk from
 ``x^{(0)} = z`` until ``||x^{(i+1)} - x^{(i)}||^2 / ||x^{(i+1)}||^2 < tol`` (the squared relative
@@ -70,7 +71,7 @@ from torch import Tensor, nn
 
 from flowforge.core.batch import split_batch
 from flowforge.core.guidance import drop_labels
-from flowforge.nn.transformer import CausalTransformer, KVCache
+from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
 from flowforge.normalizing.flow import Compose, Flow
 
 __all__ = [
@@ -189,9 +190,11 @@ class SamplingOptions:
         jacobi_tol: stop a chunk when the squared relative change drops below this.
         jacobi_block: tokens per Jacobi chunk.
         jacobi_max_iter: at most this many iterations per chunk (never more than the chunk size).
-        cuda_graph: Jacobi over the whole sequence as one fixed-shape iteration (a full causal pass
-            on the current guess, no cache), captured once per block as a CUDA graph and replayed
-            (on a CPU it runs eagerly); removes the host overhead that bounds small models on a GPU.
+        cuda_graph: fixed-shape steps, captured once per block as a CUDA graph and replayed (on a
+            CPU they run eagerly); removes the host overhead that bounds small models on a GPU.
+            Jacobi: one full causal pass over the current guess (no cache) per iteration.
+            Sequential: one token step on a :class:`~flowforge.nn.transformer.StaticKVCache`
+            (preallocated, position in a device counter) per token. Inference only.
     """
 
     method: str = "sequential"
@@ -318,8 +321,18 @@ class TARFlowBlock(nn.Module):
             )
         return self.label(y)
 
-    def _embed(self, tokens: Tensor, p0: int, cls: Tensor | None) -> Tensor:
-        """Embed the context positions ``p0, p0 + 1, ...``; ``tokens`` are the data tokens among them."""
+    def _embed(self, tokens: Tensor, p0: int | Tensor, cls: Tensor | None) -> Tensor:
+        """Embed the context positions ``p0, p0 + 1, ...``; ``tokens`` are the data tokens among them.
+
+        With ``p0`` a 0-dim device tensor (fixed-shape decoding) ``tokens`` is one token ``(B, 1, D)``,
+        replaced by the start token where ``p0`` is the SOS position.
+        """
+        if isinstance(p0, Tensor):
+            h = self.in_proj(tokens)
+            if self.sos is not None:
+                h = torch.where(p0 < self.off, self.sos.to(h.dtype), h)
+            h = h + self.pos.index_select(0, p0.view(1))
+            return h if cls is None else h + cls[:, None]
         parts = []
         if p0 < self.off:
             parts.append(self.sos.to(tokens.dtype).expand(tokens.shape[0], 1, -1))
@@ -341,9 +354,9 @@ class TARFlowBlock(nn.Module):
     def context_params(
         self,
         tokens: Tensor,
-        p0: int,
+        p0: int | Tensor,
         cls: Tensor | None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
         attn_temp: float | Tensor = 1.0,
     ) -> tuple[Tensor, Tensor]:
         """``(mu, log_sigma)`` at context positions ``p0, ...`` (tokens in the block's own order)."""
@@ -386,12 +399,17 @@ class TARFlowBlock(nn.Module):
                 temp = torch.cat([z.new_ones(b), z.new_full((b,), opts.attn_temp)])
         weight = self._weights(opts, z) if guided else None
 
-        def params(tokens: Tensor, p0: int, cache: KVCache) -> tuple[Tensor, Tensor]:
+        def params(tokens: Tensor, p0: int | Tensor, cache: Any) -> tuple[Tensor, Tensor]:
             if not guided:
                 return self.context_params(tokens, p0, cls, cache)
             mu, ls = self.context_params(torch.cat([tokens, tokens]), p0, cls, cache, temp)
             (mu_c, mu_u), (ls_c, ls_u) = mu.chunk(2), ls.chunk(2)
-            return guided_affine(mu_c, ls_c, mu_u, ls_u, weight[:, p0 : p0 + mu.shape[1]], opts.guidance_rule)
+            w = (
+                weight.index_select(1, p0.view(1))
+                if isinstance(p0, Tensor)
+                else weight[:, p0 : p0 + mu.shape[1]]
+            )
+            return guided_affine(mu_c, ls_c, mu_u, ls_u, w, opts.guidance_rule)
 
         run = self._sequential if opts.method == "sequential" else self._jacobi
         x, log_sigma = run(zp, params, opts, stats)
@@ -408,6 +426,8 @@ class TARFlowBlock(nn.Module):
     def _sequential(
         self, zp: Tensor, params: Any, opts: SamplingOptions, stats: dict | None
     ) -> tuple[Tensor, Tensor]:
+        if opts.cuda_graph and not torch.is_grad_enabled():
+            return self._sequential_graph(zp, params, opts, stats)
         cache = KVCache()
         toks = [zp[:, :1]] if self.off == 0 else []
         sigmas = []
@@ -420,6 +440,49 @@ class TARFlowBlock(nn.Module):
         if stats is not None:
             stats["transformer_calls"] = stats.get("transformer_calls", 0) + self.positions
         return torch.cat(toks, 1), torch.cat(sigmas, 1)
+
+    def _sequential_graph(
+        self, zp: Tensor, params: Any, opts: SamplingOptions, stats: dict | None
+    ) -> tuple[Tensor, Tensor]:
+        """Token-by-token decoding with one fixed-shape step on a :class:`StaticKVCache`.
+
+        The step reads its position from the cache's device counter, so the same kernels serve every
+        token: on a GPU it is captured once per block as a CUDA graph and replayed for every later
+        token (no host synchronisation at all); on a CPU it runs eagerly. Same samples as
+        :meth:`_sequential` up to float rounding (attention runs over the masked full buffer).
+        """
+        first, n = 1 - self.off, self.positions
+        cache = StaticKVCache(n, zp.device)
+        x = zp.clone()  # token 0 is copied (zero shift); every other token is overwritten
+        log_sigma = zp.new_zeros(zp.shape[0], n, zp.shape[2])
+        cur = zp[:, :1].clone()  # the context token of the next step (ignored at the SOS position)
+
+        def step() -> None:
+            p = cache.pos.clone()  # context position of this step = tokens cached so far
+            t = (p + first).view(1)  # the token it produces
+            mu, ls = params(cur, p, cache)
+            new = zp.index_select(1, t) * torch.exp(ls) + mu
+            x.index_copy_(1, t, new)
+            log_sigma.index_copy_(1, p.view(1), ls)
+            cur.copy_(new)
+
+        graph = None
+        if zp.is_cuda:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()  # warm-up on a side stream, as capture requires; it is the first token
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()  # recorded, not run
+        else:
+            step()
+        for _ in range(n - 1):
+            graph.replay() if graph is not None else step()
+        if stats is not None:
+            stats["transformer_calls"] = stats.get("transformer_calls", 0) + n
+        return x, log_sigma
 
     def _jacobi(
         self, zp: Tensor, params: Any, opts: SamplingOptions, stats: dict | None
@@ -756,8 +819,9 @@ class TARFlow(Flow):
             jacobi_tol: squared relative change below which a Jacobi chunk stops.
             jacobi_block: tokens per Jacobi chunk.
             jacobi_max_iter: iteration cap per chunk.
-            cuda_graph: Jacobi as one fixed-shape step over the whole sequence, replayed as a CUDA
-                graph on a GPU (see :class:`SamplingOptions`).
+            cuda_graph: fixed-shape steps replayed as CUDA graphs on a GPU, for both methods (Jacobi:
+                one full pass per iteration; sequential: one static-cache token step per token; see
+                :class:`SamplingOptions`). Compare the methods with the same setting.
             stats: a dict to fill with ``transformer_calls`` and (Jacobi) ``jacobi_iters`` per chunk.
             **_: options of other generators, ignored.
         """
