@@ -100,7 +100,7 @@ def test_errors_name_the_problem_and_the_fix(run_dir, tmp_path, capsys):
     assert "choose one of" in _err(capsys, ["train", "moonz", "--steps", "1"])
     assert "did you mean 'moons'" in _err(capsys, ["train", "moonz", "--steps", "1"])
     assert "valid keys" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "widht=3"])
-    assert "expected a int" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "width=wide"])
+    assert "expected an int" in _err(capsys, ["train", "moons", "--steps", "1", "--set", "width=wide"])
     assert "choose one of" in _err(
         capsys, ["sample", str(run_dir), "--solver", "rk45", "--out", str(tmp_path / "a.npy")]
     )
@@ -166,7 +166,7 @@ BAD_USAGE = [
     (["eval", "{run}", "--n", "0"], "--n: must be >= 1, got 0"),
     (["eval", "{run}", "--steps", "0"], "--steps: must be >= 1"),
     (["train", "moons", "--out", ""], "--out '' names no folder"),
-    (["sample", "{run}", "--out", ""], "write FILE.npy"),
+    (["sample", "{run}", "--out", ""], "neither a .npy nor a .png"),
     (["train", "moons", "--energy", "m:f", "--out", "{tmp}/r"], "--energy does not apply to moons runs"),
     (["train", "hypergrid-tb", "--data", "{tmp}/x.npy", "--out", "{tmp}/r"], "that do: none"),
     (["sample", "{gfn}", "--solver", "heun", "--out", "{tmp}/a.npy"], "--solver does not apply"),

@@ -110,9 +110,21 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> tuple[nn.Module, dict[
     """
     config = read_config(run_dir)
     recipe = get_recipe(config["recipe"])
+    missing = sorted(set(recipe.defaults) - set(config))
+    if missing:
+        raise ValueError(
+            f"{Path(run_dir) / 'config.json'} lacks the keys {', '.join(missing)} of recipe {recipe.name!r}; "
+            "it was edited or written by another version: restore it, or train the run again"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(config.get("seed", 0)))
-        model = recipe.build(config)
+        try:
+            model = recipe.build(config)
+        except KeyError as e:  # a key the recipe's data step adds (e.g. dim) is gone
+            raise ValueError(
+                f"{Path(run_dir) / 'config.json'} lacks the key {e.args[0]!r} that recipe {recipe.name!r} "
+                "needs; it was edited or written by another version: restore it, or train the run again"
+            ) from None
     Run(run_dir).load_into(model, ema=ema)
     model.eval()
     return model, config

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from flowforge.core.choices import unknown_choice
-from flowforge.recipes.registry import Recipe, get_recipe, resolve_config
+from flowforge.recipes.registry import RECIPES, Recipe, get_recipe, resolve_config
 from flowforge.recipes.run_folder import load_run, read_config, run_recipe
 from flowforge.train import Run, train
 
@@ -49,10 +49,32 @@ def check_options(
     if bad:
         flags = ", ".join(f"--{k}" for k in bad)
         ok = ", ".join(f"--{k}" for k in valid) or "none"
+        where = "".join(
+            f"; --{k} applies to {', '.join(names)} runs" for k in bad if (names := _accepting(k, command))
+        )
         raise ValueError(
             f"{flags} {'does' if len(bad) == 1 else 'do'} not apply to {recipe.name} runs; "
-            f"the {command} options that do: {ok} (and {also})"
+            f"the {command} options that do: {ok} (and {also}){where}"
         )
+
+
+def _accepting(option: str, command: str) -> list[str]:
+    """The recipes whose runs (at their defaults) take ``--option`` in ``command``."""
+    names = []
+    for name, r in sorted(RECIPES.items()):
+        config = {**r.defaults, "recipe": name}
+        try:
+            if command == "train":
+                valid = train_options(name)
+            elif command == "sample":
+                valid = r.sample_options(config)
+            else:
+                valid = r.eval_options(config)
+        except (KeyError, ValueError, TypeError):  # an option set that needs trained keys: not listed
+            continue
+        if option in valid:
+            names.append(name)
+    return names
 
 
 def train_recipe(
