@@ -71,7 +71,8 @@ def rq_spline(
 
     Example:
         >>> x = torch.linspace(-6, 6, 5)
-        >>> w, h, d = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 7)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> w, h, d = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(5, 7, generator=g)
         >>> y, ladj = rq_spline(x, w, h, d, bound=5.0)
         >>> y[0].item(), y[-1].item()  # identity outside [-5, 5]
         (-6.0, 6.0)
