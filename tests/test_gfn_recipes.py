@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from flowforge import gflownet as gfn
 from flowforge.cli import main
 from flowforge.recipes import get_recipe
 
@@ -138,3 +139,25 @@ def test_switching_env_or_objective_names_what_is_missing(capsys):
 
     fm = build_gflownet({**get_recipe("hypergrid-tb").defaults, "objective": "fm", "width": 8, "depth": 1})
     assert fm.pb is None  # flow matching needs no backward policy
+
+
+def test_a_new_objective_is_one_class_with_key_and_options():
+    """The recipes read the objective table from the classes: a new objective needs no recipe edit."""
+    import gc
+
+    from flowforge.recipes import resolve_config
+    from flowforge.recipes.gflownet import build_gflownet, objectives
+
+    class ScaledTB(gfn.TrajectoryBalance):  # what a new file gflownet/scaled_tb.py would hold
+        key = "scaledtb"
+        options = ("log_z_lr_scale",)
+
+    assert objectives()["scaledtb"][0] is ScaledTB
+    config = resolve_config(get_recipe("hypergrid-tb"), {"objective": "scaledtb", "width": 8, "depth": 1})
+    model = build_gflownet(config)
+    assert type(model) is ScaledTB and model.loss is not None
+    del ScaledTB, model
+    gc.collect()  # subclasses are held weakly: the table forgets the class again
+    assert "scaledtb" not in objectives()
+    with pytest.raises(ValueError, match="unknown objective 'scaledtb'.*choose one of db, fldb"):
+        build_gflownet(config)

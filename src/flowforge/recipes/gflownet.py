@@ -40,15 +40,11 @@ from torch import Tensor
 from flowforge.core.choices import unknown_choice
 from flowforge.gflownet import (
     BitSequence,
-    DetailedBalance,
     FlowMatching,
     GFlowNet,
     HyperGrid,
-    LogPartitionVariance,
     SetGeneration,
-    SubTrajectoryBalance,
     TopKTracker,
-    TrajectoryBalance,
     exact_metrics,
     modes_found,
     shared_trunk_policies,
@@ -56,7 +52,8 @@ from flowforge.gflownet import (
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = [
-    "OBJECTIVES",
+    "VARIANTS",
+    "objectives",
     "build_gflownet",
     "exact_outputs",
     "sample_terminal",
@@ -69,18 +66,36 @@ __all__ = [
 ]
 
 
-#: objective name -> (class, extra config keys passed to it, fixed keyword arguments)
-OBJECTIVES: dict[str, tuple[type[GFlowNet], tuple[str, ...], dict[str, Any]]] = {
-    "tb": (TrajectoryBalance, ("log_z_lr_scale",), {}),
-    "db": (DetailedBalance, ("incomplete",), {}),
-    "subtb": (SubTrajectoryBalance, ("lamda", "incomplete"), {}),
-    "fldb": (DetailedBalance, ("incomplete",), {"forward_looking": True}),
-    "flsubtb": (SubTrajectoryBalance, ("lamda", "incomplete"), {"forward_looking": True}),
-    # FL-GFN's reference code (no stop edge, free terminal flow): biased, but more exploratory
-    "fldb-ref": (DetailedBalance, ("incomplete",), {"forward_looking": True, "free_terminal_flow": True}),
-    "fm": (FlowMatching, (), {}),
-    "zvar": (LogPartitionVariance, (), {}),
+#: forward-looking variants (Pan et al. 2023) of the state-flow objectives: name -> (base key, fixed kwargs);
+#: ``fldb-ref`` is FL-GFN's reference code (no stop edge, free terminal flow): biased, but more exploratory
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fldb": ("db", {"forward_looking": True}),
+    "flsubtb": ("subtb", {"forward_looking": True}),
+    "fldb-ref": ("db", {"forward_looking": True, "free_terminal_flow": True}),
 }
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def objectives() -> dict[str, tuple[type[GFlowNet], tuple[str, ...], dict[str, Any]]]:
+    """Objective name -> (class, config keys passed to it, fixed keyword arguments).
+
+    Read from the classes themselves: every :class:`~flowforge.gflownet.GFlowNet` subclass that declares
+    its own ``key`` and ``options`` is an objective, so a new objective is one file in ``gflownet/`` plus
+    one export line, and ``--set objective=KEY`` finds it.
+    """
+    table = {
+        c.__dict__["key"]: (c, tuple(c.options), {}) for c in _subclasses(GFlowNet) if "key" in c.__dict__
+    }
+    for name, (base, fixed) in VARIANTS.items():
+        if base in table:
+            table[name] = (table[base][0], table[base][1], fixed)
+    return dict(sorted(table.items()))
 
 
 def make_env(config: dict[str, Any]) -> HyperGrid | BitSequence | SetGeneration:
@@ -114,10 +129,10 @@ def make_env(config: dict[str, Any]) -> HyperGrid | BitSequence | SetGeneration:
 def build_gflownet(config: dict[str, Any]) -> GFlowNet:
     """The GFlowNet of a config; ``shared_trunk`` gives P_F and P_B one trunk with two heads (torchgfn)."""
     env = make_env(config)
-    name = config["objective"]
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
-    cls, extra, fixed = OBJECTIVES[name]
+    name, table = config["objective"], objectives()
+    if name not in table:
+        raise unknown_choice("objective", name, table, hint="write e.g. --set objective=tb")
+    cls, extra, fixed = table[name]
     width, depth = int(config["width"]), int(config["depth"])
     uniform_pb = bool(config["uniform_pb"]) or cls is FlowMatching  # FM needs no backward policy
     pf = pb = None
@@ -145,8 +160,8 @@ def build_gflownet(config: dict[str, Any]) -> GFlowNet:
 def gflownet_data(config: dict[str, Any]) -> tuple[None, dict[str, Any]]:
     """No data (the model samples its own trajectories); ``dim`` = ``ndim`` for ``flowforge sample``."""
     env = make_env(config)  # validate the environment before training starts
-    if config["objective"] not in OBJECTIVES:
-        raise ValueError(f"unknown objective {config['objective']!r}; choose {', '.join(OBJECTIVES)}")
+    if config["objective"] not in (table := objectives()):
+        raise unknown_choice("objective", config["objective"], table, hint="write e.g. --set objective=tb")
     return None, {"dim": int(env.s0.numel()), "standardizer": None}
 
 
