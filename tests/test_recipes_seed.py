@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from flowforge.recipes import RECIPES, train_recipe
 from flowforge.train import latest_checkpoint, load_safetensors
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+ALDP = MNIST.parent / "alanine_dipeptide"
 
 #: shrinks every recipe to a few tiny steps (keys a recipe lacks are left out)
 TINY = {
@@ -48,10 +50,16 @@ EXTRA = {
     # their maximum-likelihood data are MCMC runs (a minute or more); reverse KL trains the same flow
     "dw4-bg": {"objective": "kl"},
     "lj13-bg": {"objective": "kl"},
+    "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
 }
 SKIP = {
-    "aldp-bg": "its reference samples are OpenMM molecular dynamics (minutes); covered by tests/test_aldp.py",
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
+    **({} if ALDP.is_dir() else {"aldp-bg": f"alanine-dipeptide files not found at {ALDP}"}),
+    **(
+        {}
+        if importlib.util.find_spec("openmm")
+        else {"aldp-bg": "openmm is not installed (pip install openmm)"}
+    ),
 }
 
 
