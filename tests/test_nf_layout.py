@@ -66,7 +66,7 @@ def test_named_flows_are_flow_classes(name):
     assert inspect.isclass(cls) and issubclass(cls, nf.Flow), (
         f"{name} must be a Flow subclass, not a function"
     )
-    assert flowforge.NSF is nf.NSF and nf.bijections.NSF is nf.NSF
+    assert flowforge.NSF is nf.NSF
     flow = cls(3, transforms=2, hidden=(8,), context=2)
     assert isinstance(flow, nf.Flow) and isinstance(flow, Bijection)
     assert (flow.dim, flow.transforms, flow.hidden, flow.context, flow.num_classes) == (3, 2, (8,), 2, None)
@@ -140,13 +140,3 @@ def test_models_that_draw_their_own_batches_say_so():
         assert cls.makes_own_batches is True
     assert not getattr(nf.Flow, "makes_own_batches", False)
     assert not getattr(nf.NSF, "makes_own_batches", False)
-
-
-def test_compatibility_modules_re_export_the_same_objects():
-    for module in (nf.bijections, nf.boltzmann):
-        assert module.__all__, module
-        for name in module.__all__:
-            assert getattr(module, name) is getattr(nf, name), f"{module.__name__}.{name}"
-    from flowforge.nn import MADE
-
-    assert nf.MADE is MADE is nf.bijections.MADE

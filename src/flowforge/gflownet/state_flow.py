@@ -47,7 +47,7 @@ class StateFlowGFlowNet(GFlowNet):
             and :math:`\log\tilde F(x)` a free network output on terminal states. The boundary is then
             not enforced and the sampler is :math:`\propto \tilde F(x) R(x)`: biased (on the set task
             10x the exact L1 of the default), but a flatter, more exploratory sampler with a higher
-            top-k reward there (BENCHMARKS.md 11.3). Needs ``forward_looking``.
+            top-k reward there (benchmarks/gfn_fl.py, RESULTS-gfn-fl.md). Needs ``forward_looking``.
     """
 
     def __init__(

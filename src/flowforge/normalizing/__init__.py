@@ -19,17 +19,11 @@ file                                   names (method -> file)
 ``normalizing/reverse_kl.py``          ``ReverseKL``
 ``normalizing/self_improvement.py``    ``SelfImprovement``
 ``nn/made.py``                         ``MADE`` (the masked conditioner network)
-``normalizing/bijections.py``          ``bijections`` (compatibility module: re-exports the layers and named flows)
-``normalizing/boltzmann.py``           ``boltzmann`` (compatibility module: re-exports the Boltzmann parts)
 =====================================  ========================================================================
-
-``flowforge.normalizing.bijections`` and ``flowforge.normalizing.boltzmann`` are compatibility modules
-that re-export the names above.
 """
 
 from flowforge.core.contracts import Bijection
 from flowforge.nn.made import MADE
-from flowforge.normalizing import bijections, boltzmann
 from flowforge.normalizing.autoregressive import MaskedAutoregressive, SplineAutoregressive
 from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
@@ -73,8 +67,6 @@ __all__ = [
     "StandardNormal",
     "TARFlow",
     "TARFlowBlock",
-    "bijections",
-    "boltzmann",
     "effective_sample_size",
     "importance_sample",
     "resample_indices",

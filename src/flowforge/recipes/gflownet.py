@@ -242,7 +242,7 @@ _COMMON: dict[str, Any] = {
     "steps": 2000,
     "batch_size": 16,
     "lr": 1e-3,
-    # torchgfn keeps lr constant; cosine decay measured better at this budget (BENCHMARKS.md section 11)
+    # torchgfn keeps lr constant; cosine decay measured better at this budget (benchmarks/gfn_vs_torchgfn.py, RESULTS-gfn.md)
     "schedule": "cosine",
     "warmup": 0,
     "grad_clip": 0.0,
