@@ -94,7 +94,9 @@ def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch):
     for tag, seed in (("a", 3), ("b", 3), ("c", 4)):
         train_recipe(name, overrides=_overrides(name), out=tmp_path / tag, seed=seed, progress=False)
         runs[tag] = _final_tensors(tmp_path / tag)
-    assert _differing(runs["a"], runs["b"]) == [], "the same recipe, config and seed must give the same tensors"
+    assert _differing(runs["a"], runs["b"]) == [], (
+        "the same recipe, config and seed must give the same tensors"
+    )
     assert _differing(runs["a"], runs["c"], "model/"), "a different seed must give different weights"
 
 
