@@ -247,11 +247,13 @@ def test_bad_exploration_lamda_and_incomplete_settings_are_clear_errors():
 def test_replay_ratio_rounding_to_the_whole_batch_keeps_one_on_policy_trajectory():
     from flowforge.gflownet import ReplayBuffer
 
-    tb = TrajectoryBalance(
-        HyperGrid(2, 4), width=8, depth=1, replay_buffer=ReplayBuffer(10), replay_ratio=0.9
-    )
-    tb.loss(SimpleNamespace(size=4, generator=gen(0), device="cpu"))
+    buf = ReplayBuffer(10)
+    tb = TrajectoryBalance(HyperGrid(2, 4), width=8, depth=1, replay_buffer=buf, replay_ratio=0.9)
+    tb.loss(SimpleNamespace(size=4, generator=gen(0), device="cpu"))  # empty buffer: 4 on-policy
+    assert len(buf) == 4
+    # round(0.9 * 2) = 2 would leave no on-policy trajectory: one stays on-policy, one is replayed
     assert torch.isfinite(tb.loss(SimpleNamespace(size=2, generator=gen(1), device="cpu")))
+    assert len(buf) == 5
 
 
 def test_trajectory_inputs_are_checked():
