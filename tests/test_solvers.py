@@ -684,3 +684,14 @@ def test_module_docstring_examples_run(name):
     module = importlib.import_module(f"flowforge.core.solvers{'.' + name if name else ''}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_every_fixed_step_solver_has_a_name_for_the_cli():
+    from flowforge.continuous import SOLVERS
+
+    named = set(SOLVERS.values())
+    for name in solvers_module.__all__:
+        obj = getattr(solvers_module, name)
+        rk = solvers_module.ExplicitRungeKutta
+        if isinstance(obj, type) and issubclass(obj, rk) and obj is not rk:
+            assert obj in named, f"{name} has no name in flowforge.continuous.SOLVERS"

@@ -21,6 +21,8 @@ SOLVERS: dict[str, type] = {
     "midpoint": S.Midpoint,
     "heun": S.Heun,
     "rk4": S.RK4,
+    "ralston": S.Ralston,
+    "ssprk3": S.SSPRK3,
     "turbo": S.PseudoCorrector,
     "dopri5": S.Dopri5,
     "sde": S.EulerMaruyama,
