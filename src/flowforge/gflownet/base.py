@@ -89,8 +89,10 @@ class GFlowNet(nn.Module):
             TB/DB/SubTB/ZVar since any full-support behaviour distribution is allowed).
         local_search: a :class:`~flowforge.gflownet.LocalSearch` (LS-GFN, Kim et al. 2024): each
             on-policy batch of :meth:`loss` is refined by destroy-and-reconstruct and the objective is
-            taken on one batch of the originals *and* the refined trajectories (torchgfn's way: both
-            enter the training batch). Stateless, so nothing is added to :meth:`state_dict`.
+            taken on one batch of the originals *and* the refined trajectories (as torchgfn's
+            ``LocalSearchSampler`` batches them; where torchgfn keeps every candidate, a rejected one is
+            replaced here by the :math:`P_B` path to the kept :math:`x`, as in Kim et al.). Stateless,
+            so nothing is added to :meth:`state_dict`.
     """
 
     #: False where the objective's target is not :math:`R(x)/Z`, so a Metropolis-Hastings local search
