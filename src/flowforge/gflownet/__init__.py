@@ -19,6 +19,7 @@ name                                      file
 :class:`OutcomeGenerator`                 ``gflownet/outcome.py``
 :class:`AmortizedConversion`              ``gflownet/outcome.py``
 :class:`OutcomeFineTuning`                ``gflownet/outcome.py``
+:class:`LocalSearch`                      ``gflownet/local_search.py``
 :class:`ReplayBuffer`                     ``gflownet/replay.py``
 :class:`PrioritizedReplayBuffer`          ``gflownet/replay.py``
 :func:`exact_metrics`                     ``gflownet/exact.py``
@@ -75,6 +76,7 @@ from flowforge.gflownet.exact import (
     modes_found,
     terminal_distribution,
 )
+from flowforge.gflownet.local_search import LocalSearch
 from flowforge.gflownet.log_partition_variance import LogPartitionVariance
 from flowforge.gflownet.order_preserving import OrderPreservingTB
 from flowforge.gflownet.outcome import (
@@ -118,6 +120,7 @@ __all__ = [
     "GFlowNetGenerator",
     "HyperGrid",
     "Ising",
+    "LocalSearch",
     "LogPartitionVariance",
     "NonAutoregressiveBitSequence",
     "PolicyMLP",

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.core.contracts import Environment, HasFastLogReward
+from flowforge.gflownet.local_search import LocalSearch, cat_trajectories
 from flowforge.gflownet.replay import ReplayBuffer
 from flowforge.gflownet.sampler import backward_rollout, check_exploration, check_mask, check_out, rollout
 from flowforge.gflownet.trajectories import Trajectories
@@ -86,7 +87,17 @@ class GFlowNet(nn.Module):
             from buffered terminal states (:meth:`sample_backward`) and the rest on-policy; the loss
             is the size-weighted mean of the objective on both parts (off-policy training, valid for
             TB/DB/SubTB/ZVar since any full-support behaviour distribution is allowed).
+        local_search: a :class:`~flowforge.gflownet.LocalSearch` (LS-GFN, Kim et al. 2024): each
+            on-policy batch of :meth:`loss` is refined by destroy-and-reconstruct and the objective is
+            taken on one batch of the originals *and* the refined trajectories (as torchgfn's
+            ``LocalSearchSampler`` batches them; where torchgfn keeps every candidate, a rejected one is
+            replaced here by the :math:`P_B` path to the kept :math:`x`, as in Kim et al.). Stateless,
+            so nothing is added to :meth:`state_dict`.
     """
+
+    #: False where the objective's target is not :math:`R(x)/Z`, so a Metropolis-Hastings local search
+    #: towards :math:`R/Z` does not apply (order-preserving TB learns its own reward).
+    local_search_mh: ClassVar[bool] = True
 
     makes_own_batches: ClassVar[bool] = True
 
@@ -103,8 +114,20 @@ class GFlowNet(nn.Module):
         temperature: float = 1.0,
         replay_buffer: ReplayBuffer | None = None,
         replay_ratio: float = 0.0,
+        local_search: LocalSearch | None = None,
     ) -> None:
         super().__init__()
+        if local_search is not None and not isinstance(local_search, LocalSearch):
+            raise TypeError(
+                f"local_search must be a LocalSearch, e.g. LocalSearch(back_ratio=0.5, iterations=1); "
+                f"got {type(local_search).__name__}"
+            )
+        if local_search is not None and local_search.filter == "mh" and not type(self).local_search_mh:
+            raise ValueError(
+                f"{type(self).__name__} does not sample from R(x)/Z, so a Metropolis-Hastings local search "
+                "towards R/Z does not apply; use LocalSearch(filter='deterministic')"
+            )
+        self.local_search = local_search
         if not 0.0 <= replay_ratio < 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1); got {replay_ratio}")
         if replay_ratio > 0 and replay_buffer is None:
@@ -175,11 +198,9 @@ class GFlowNet(nn.Module):
         pass over all visited states (:meth:`trajectories_from_actions`), which gives the same values
         with gradients.
         """
-        plain = type(self).forward_logits is GFlowNet.forward_logits
-        policy = self.pf if plain else self.forward_logits
         states, actions = rollout(
             self.env,
-            policy,
+            self.rollout_policy(),
             n,
             generator,
             epsilon=epsilon,
@@ -188,6 +209,12 @@ class GFlowNet(nn.Module):
             dtype=self._dtype,
         )
         return self._score(states, actions, rollout=True)
+
+    def rollout_policy(self) -> nn.Module | Any:
+        """What :func:`~flowforge.gflownet.rollout` calls: the ``pf`` net (its fast path) unless a subclass
+        overrides :meth:`forward_logits`, then that method ``(states, allowed) -> logits``."""
+        plain = type(self).forward_logits is GFlowNet.forward_logits
+        return self.pf if plain else self.forward_logits
 
     def _policy_logits(self, states: Tensor, fmask: Tensor, bmask: Tensor) -> tuple[Tensor, Tensor]:
         """Forward and backward logits on the same ``(N, ndim)`` states; a ``pf``/``pb`` pair built as
@@ -365,7 +392,9 @@ class GFlowNet(nn.Module):
 
         With a ``replay_buffer``, on-policy terminal states are added to it and (if ``replay_ratio``
         > 0 and the buffer is not empty) ``round(replay_ratio * size)`` of the batch are
-        backward-sampled from buffered states.
+        backward-sampled from buffered states. With ``local_search``, the on-policy part is refined
+        (:meth:`LocalSearch.refine`) and the objective sees the originals and the refined
+        trajectories as one batch (replay, if any, is added with weight ``n_rep / size`` as before).
         """
         if isinstance(batch, Trajectories):
             return self.objective(batch)
@@ -379,6 +408,9 @@ class GFlowNet(nn.Module):
         tr = self.sample(n_on, generator=batch.generator, epsilon=self.epsilon, temperature=self.temperature)
         if buf is not None:
             buf.add(tr.terminal.detach(), tr.log_reward.detach())
+        if self.local_search is not None:
+            refined, _ = self.local_search.refine(self, tr, batch.generator)
+            tr = cat_trajectories(tr, refined)
         tr = self._on_policy(tr, batch.generator)
         if n_rep == 0:
             return self.objective(tr)

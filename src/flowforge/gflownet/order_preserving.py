@@ -79,6 +79,7 @@ class OrderPreservingTB(TrajectoryBalance):
 
     key: ClassVar[str] = "optb"
     options: ClassVar[tuple[str, ...]] = ("kl_weight",)
+    local_search_mh: ClassVar[bool] = False  # the target is a learned reward, not R/Z
 
     def __init__(
         self,

@@ -77,8 +77,10 @@ def rollout(
     temperature: float = 1.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    start: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(T + 1, n, ndim)`` states and ``(T, n)`` actions (``-1`` after stop) of ``n`` rollouts from ``s0``.
+    """``(T + 1, n, ndim)`` states and ``(T, n)`` actions (``-1`` after stop) of ``n`` rollouts from ``s0``
+    (or from the states ``start``).
 
     Args:
         env: the environment.
@@ -89,6 +91,8 @@ def rollout(
         epsilon, temperature: exploration (see the module docstring).
         device: where the states live (default: the policy's parameters, else ``env.s0``'s device).
         dtype: float dtype of the encoding and the draws (default: torch's default dtype).
+        start: optional ``(n, ndim)`` states to start from instead of ``s0`` (local search rebuilds
+            from a junction state); ``T`` stays at most ``env.max_length``.
     """
     check_exploration(epsilon, temperature)
     net = policy if isinstance(policy, nn.Module) else None
@@ -100,8 +104,10 @@ def rollout(
     stop = env.n_actions - 1
     L = env.max_length
     s0 = env.s0.to(dev)
+    if start is not None and (start.ndim != 2 or start.shape != (n, *s0.shape)):
+        raise ValueError(f"start must be ({n}, {s0.numel()}) states; got {tuple(start.shape)}")
     S = torch.empty((L + 1, n, *s0.shape), dtype=s0.dtype, device=dev)
-    S[0] = s0
+    S[0] = s0 if start is None else start.to(dev, s0.dtype)
     A = torch.full((L, n), -1, dtype=torch.long, device=dev)
     delta = env.step_delta().to(dev, S.dtype) if isinstance(env, HasStepDelta) else None
     forbidden_fn = env.forward_forbidden if isinstance(env, HasForwardForbidden) else None
