@@ -379,7 +379,7 @@ CASES = [
         "config.json lacks keys",
         "eval {runs}/missing_keys --metrics swd",
         "config.json",
-        "lacks the keys",
+        "lacks the key",
     ),
     _case("config names an unknown recipe", "eval {runs}/unknown_recipe", "moonz"),
     _case(

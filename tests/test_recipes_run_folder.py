@@ -49,6 +49,20 @@ def test_a_missing_folder_is_named(tmp_path):
         read_config(tmp_path / "nowhere")
 
 
+def test_a_run_from_before_a_new_recipe_key_still_loads(tmp_path):
+    """A key that a later version adds to a recipe's defaults takes its default in older run folders."""
+    from flowforge.recipes import train_recipe
+
+    out = tmp_path / "run"
+    train_recipe("moons", overrides={"width": 8, "depth": 1}, out=out, steps=2, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    del config["sample_steps"]  # as if the run predates the key
+    (out / "config.json").write_text(json.dumps(config))
+    assert read_config(out)["sample_steps"] == 25
+    model, loaded = load_run(out)
+    assert loaded["sample_steps"] == 25 and loaded["width"] == 8
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     out = set()

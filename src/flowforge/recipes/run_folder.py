@@ -51,7 +51,7 @@ def run_recipe(run_dir: str | Path) -> str | None:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The checked ``config.json`` of a run folder.
+    """The checked ``config.json`` of a run folder, with the recipe's defaults for keys it lacks.
 
     Raises:
         FileNotFoundError: no folder, or no ``config.json`` in it.
@@ -87,7 +87,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
             )
     if "seed" in config and (isinstance(config["seed"], bool) or not isinstance(config["seed"], int)):
         raise ValueError(f"{path}: seed={config['seed']!r} must be an int")
-    return config
+    return {**recipe.defaults, **config}  # keys a later version of the recipe added take their defaults
 
 
 def _same_type(value: Any, default: Any) -> bool:
@@ -110,12 +110,6 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> tuple[nn.Module, dict[
     """
     config = read_config(run_dir)
     recipe = get_recipe(config["recipe"])
-    missing = sorted(set(recipe.defaults) - set(config))
-    if missing:
-        raise ValueError(
-            f"{Path(run_dir) / 'config.json'} lacks the keys {', '.join(missing)} of recipe {recipe.name!r}; "
-            "it was edited or written by another version: restore it, or train the run again"
-        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(config.get("seed", 0)))
         try:
