@@ -161,3 +161,18 @@ def test_a_new_objective_is_one_class_with_key_and_options():
     assert "scaledtb" not in objectives()
     with pytest.raises(ValueError, match="unknown objective 'scaledtb'.*choose one of db, fldb"):
         build_gflownet(config)
+
+
+def test_local_search_is_a_recipe_option():
+    from flowforge.recipes import resolve_config
+    from flowforge.recipes.gflownet import build_gflownet
+
+    base = {"width": 8, "depth": 1, "height": 4}
+    off = build_gflownet(resolve_config(get_recipe("hypergrid-tb"), base))
+    assert off.local_search is None
+    on = build_gflownet(
+        resolve_config(get_recipe("hypergrid-db"), {**base, "local_search": 0.5, "ls_filter": "mh"})
+    )
+    assert on.local_search == gfn.LocalSearch(back_ratio=0.5, filter="mh")
+    with pytest.raises(ValueError, match=r"local_search=1.5: .*write e.g. --set local_search=0.5"):
+        build_gflownet(resolve_config(get_recipe("hypergrid-tb"), {**base, "local_search": 1.5}))

@@ -43,6 +43,7 @@ from flowforge.gflownet import (
     FlowMatching,
     GFlowNet,
     HyperGrid,
+    LocalSearch,
     SetGeneration,
     TopKTracker,
     exact_metrics,
@@ -152,9 +153,23 @@ def build_gflownet(config: dict[str, Any]) -> GFlowNet:
         depth=depth,
         epsilon=float(config["epsilon"]),
         temperature=float(config["temperature"]),
+        local_search=_local_search(config),
         **{k: config[k] for k in extra if k in config},
         **fixed,
     )
+
+
+def _local_search(config: dict[str, Any]) -> LocalSearch | None:
+    """``--set local_search=0.5 ls_filter=mh``: LS-GFN's back ratio and filter; 0 (the default): off."""
+    ratio = float(config.get("local_search", 0.0))
+    if ratio == 0.0:
+        return None
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(
+            f"--set local_search={ratio}: the fraction of each trajectory undone and rebuilt lies in (0, 1]; "
+            "write e.g. --set local_search=0.5 (0: off)"
+        )
+    return LocalSearch(back_ratio=ratio, filter=str(config.get("ls_filter", "deterministic")))
 
 
 def gflownet_data(config: dict[str, Any]) -> tuple[None, dict[str, Any]]:
@@ -237,6 +252,9 @@ _COMMON: dict[str, Any] = {
     "uniform_pb": False,
     "epsilon": 0.0,
     "temperature": 1.0,
+    # local search (LS-GFN): fraction of each trajectory undone and rebuilt; 0 = off
+    "local_search": 0.0,
+    "ls_filter": "deterministic",
     "eval_samples": 10_000,
     # 32,000 trajectories = 2000 x 16, torchgfn's default budget
     "steps": 2000,
