@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +31,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog.removeprefix('flowforge').strip() or 'flowforge'}: {message}")
 
 
-def _count(text: str) -> int:
-    """A whole number >= 1 (``--steps``, ``--n``): 0 and negatives are errors, never 'the default'."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}; write e.g. 1000") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}; write e.g. 1000")
-    return value
+def _int_at_least(low: int, example: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``; 0 for ``--steps``/``--n`` is an error, never 'the default'."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an int >= {low}, got {text!r}; write e.g. {example}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}; write e.g. {example}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_count = _int_at_least(1, 1000)  # --steps, --n
+_seed = _int_at_least(0, 0)
 
 
 #: sampling options of ``sample`` and ``eval``; which apply is the run's recipe's choice

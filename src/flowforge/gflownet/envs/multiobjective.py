@@ -1,19 +1,9 @@
 r"""Multi-objective GFlowNet environments: a multi-objective hypergrid and Pareto fronts (the loss that
 uses them, order-preserving TB, is :mod:`flowforge.gflownet.order_preserving`).
 
-Order-preserving GFlowNets (Chen & Mauch, ICLR 2024, "Order-Preserving GFlowNets",
-arXiv 2310.00386) need no scalar reward, only an order on the terminal states. A TB-parameterised
-GFlowNet implies, per trajectory, the reward
-
-.. math::
-
-    \log \hat R(\tau) = \log Z + \sum_t \log P_F(s_{t+1} \mid s_t) - \sum_t \log P_B(s_t \mid s_{t+1}),
-
-and for a batch :math:`X = \{x_1, \dots, x_B\}` of terminal states the order-preserving loss is the
-cross-entropy between the target :math:`P(x \mid X) = \mathbb 1[x \in \mathrm{Pareto}(X)] /
-|\mathrm{Pareto}(X)|` and the model's :math:`\hat P(x \mid X) = \mathrm{softmax}_X(\log \hat R)`
-(the paper's :math:`\mathcal L_{OP}` with the Pareto order on the batch; the authors' code:
-``multi/grid_cond_gfn.py::ordering_loss_ce``).
+Order-preserving GFlowNets (Chen & Mauch, ICLR 2024, arXiv 2310.00386) learn from an order on the
+terminal states (here the Pareto order of :meth:`MultiObjectiveHyperGrid.objectives`) instead of a
+scalar reward; the loss is written out in :mod:`flowforge.gflownet.order_preserving`.
 
 The environment, :class:`MultiObjectiveHyperGrid`, is the hypergrid of
 :class:`~flowforge.gflownet.HyperGrid` (same states, actions, masks and enumeration) whose terminal
