@@ -53,7 +53,7 @@ _seed = _int_at_least(0, 0)
 
 
 #: sampling options of ``sample`` and ``eval``; which apply is the run's recipe's choice
-SAMPLE_OPTIONS = ("solver", "steps", "qmc", "method", "guidance", "label")
+SAMPLE_OPTIONS = ("solver", "steps", "qmc", "method", "guidance", "guidance_schedule", "label")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="quasi-random source noise (flow-matching runs; default: i.i.d.)",
     )
+    e.add_argument("--guidance", type=float, help="image flow runs: guidance weight (default: the run's)")
+    e.add_argument(
+        "--guidance-schedule", dest="guidance_schedule", help="image flow runs: constant, interval or raag"
+    )
+    e.add_argument("--label", type=int, help="class-conditional runs: score samples of this class only")
+
+    i = sub.add_parser("inpaint", help="fill the holes of images with an inpainting run (mnist-inpaint)")
+    i.add_argument("run")
+    i.add_argument(
+        "--image", required=True, help="the image(s): .png, or .npy of (H, W), (C, H, W) or (N, C, H, W)"
+    )
+    i.add_argument(
+        "--mask", required=True, help="same size as the image(s): nonzero (white) = hole to fill, 0 = keep"
+    )
+    i.add_argument("--out", required=True, help="FILE.npy (uint8 images) or FILE.png (a grid)")
+    i.add_argument("--seed", type=_seed, default=0)
+    i.add_argument("--solver", help="ODE solver (default: the run's)")
+    i.add_argument("--steps", type=_count, help="solver steps (default: the run's)")
     return p
 
 
@@ -128,7 +146,16 @@ def _sample_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--method", choices=["sequential", "jacobi"], help="TARFlow runs: token by token or parallel Jacobi"
     )
-    s.add_argument("--guidance", type=float, help="TARFlow runs: classifier-free guidance weight (0: none)")
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance weight: flow runs 1 = none (RAAG: w_max); TARFlow runs 0 = none",
+    )
+    s.add_argument(
+        "--guidance-schedule",
+        dest="guidance_schedule",
+        help="image flow runs: constant (default), interval or raag (ratio-aware adaptive guidance)",
+    )
     s.add_argument("--label", type=int, help="class-conditional runs: draw every sample of this class")
 
 
@@ -176,6 +203,11 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _plot(x: np.ndarray, path: Path, title: str) -> None:
+    if x.ndim == 4:  # images (N, C, H, W): a grid of the first 64, no plotting library needed
+        from flowforge.data.png import save_image_grid
+
+        save_image_grid(x[:64], path)
+        return
     try:
         import matplotlib
 
@@ -183,9 +215,6 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("flowforge: error: a .png needs matplotlib: pip install 'flowforge[plot]'") from None
-    if x.ndim == 4:  # images (N, C, H, W): a grid of the first 64
-        _image_grid(x[:64], path, title)
-        return
     if x.shape[1] < 2:
         raise ValueError(
             f"a scatter plot needs at least 2 dimensions, the samples have {x.shape[1]}; write .npy"
@@ -195,25 +224,6 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _image_grid(x: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    n = len(x)
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.3), dpi=120, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            img = x[i].transpose(1, 2, 0)
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
-    fig.suptitle(title, fontsize=8)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
@@ -267,6 +277,9 @@ def _eval(a: argparse.Namespace) -> int:
         steps=a.steps,
         qmc=a.qmc,
         energy=a.energy,
+        guidance=a.guidance,
+        guidance_schedule=a.guidance_schedule,
+        label=a.label,
     )
     bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
@@ -276,6 +289,68 @@ def _eval(a: argparse.Namespace) -> int:
             "fall where the data has no support"
         )
     print(json.dumps(res, allow_nan=False))
+    return 0
+
+
+def _read_image_file(path: str, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--{what} {path}: no such file; give a .png or a .npy")
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--{what} {path} is not a readable .npy file ({e})") from None
+    if p.suffix == ".png":
+        from flowforge.data.png import read_png
+
+        arr = read_png(p)
+        return arr if arr.ndim == 2 else arr[..., 0]  # grey: the first channel
+    raise ValueError(f"--{what} {path}: give a .png or a .npy file")
+
+
+def _as_nchw(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.ndim == 2:
+        return arr[None, None]
+    if arr.ndim == 3:
+        return arr[None]
+    if arr.ndim == 4:
+        return arr
+    raise ValueError(f"--{what} has shape {arr.shape}; give (H, W), (C, H, W) or (N, C, H, W)")
+
+
+def _inpaint(a: argparse.Namespace) -> int:
+    import torch
+
+    from flowforge.recipes import inpaint
+
+    out = Path(a.out)
+    if out.suffix not in (".npy", ".png"):
+        raise ValueError(f"--out {a.out!r}: write FILE.npy (the images) or FILE.png (a grid)")
+    image = _as_nchw(_read_image_file(a.image, "image"), "image")
+    mask = _as_nchw(_read_image_file(a.mask, "mask"), "mask")
+    if not np.isfinite(mask.astype(np.float64)).all():
+        raise ValueError(f"--mask {a.mask} holds NaN or inf; give 0 (keep) and nonzero (fill) values")
+    if mask.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"--mask is {mask.shape[-2:]} pixels but --image is {image.shape[-2:]}; make them the same size"
+        )
+    hole = torch.from_numpy(mask != 0).any(1, keepdim=True).expand(image.shape[0], 1, *image.shape[-2:])
+    options = {"solver": a.solver, "steps": a.steps}
+    x = inpaint(
+        a.run, torch.from_numpy(np.ascontiguousarray(image)), hole.contiguous(), seed=a.seed, **options
+    )
+    arr = x.numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        tmp = out.with_name(out.name + ".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(out)
+    else:
+        from flowforge.data.png import save_image_grid
+
+        save_image_grid(arr, out)
+    print(f"wrote {len(arr)} inpainted image{'s' if len(arr) > 1 else ''} to {out}")
     return 0
 
 
@@ -308,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "inpaint":
+            return _inpaint(args)
         return _eval(args)
     except KeyboardInterrupt:
         msg = _interrupted(args) if args is not None else "interrupted"

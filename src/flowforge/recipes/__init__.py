@@ -21,7 +21,7 @@ from flowforge.recipes.registry import (  # noqa: E402
     resolve_config,
 )
 from flowforge.recipes.run_folder import read_config  # noqa: E402
-from flowforge.recipes.runs import evaluate, generator, load_run, sample, train_recipe  # noqa: E402
+from flowforge.recipes.runs import evaluate, generator, inpaint, load_run, sample, train_recipe  # noqa: E402
 
 __all__ = [
     "METRICS",
@@ -31,6 +31,7 @@ __all__ = [
     "evaluate",
     "generator",
     "get_recipe",
+    "inpaint",
     "load_run",
     "parse_sets",
     "read_config",

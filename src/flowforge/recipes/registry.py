@@ -84,6 +84,8 @@ class Recipe:
         metrics: the metric names ``eval`` accepts.
         default_metrics: what ``eval`` computes when none are named: a tuple, or ``options -> tuple``
             (e.g. add ``ess``/``logz`` when ``--energy`` is given); empty: every metric.
+        inpaint: ``(model, config, image, hole, *, seed, **options) -> images``: fill the ``hole`` pixels
+            of integer images (``flowforge inpaint``); ``None``: the recipe's runs do not inpaint.
         kind: the family, a label for people (``flowforge list``, docs); no code branches on it.
     """
 
@@ -101,6 +103,7 @@ class Recipe:
     reference: Callable[[dict[str, Any], int, int], Tensor] | None = None
     load_data: Callable[[str, dict[str, Any]], Tensor] = load_points
     default_metrics: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = ()
+    inpaint: Callable[..., Tensor] | None = None
     kind: str = "continuous"
 
     def default_metrics_for(self, options: Mapping[str, Any]) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ __all__ = [
     "load_run",
     "generator",
     "sample",
+    "inpaint",
     "evaluate",
     "check_options",
 ]
@@ -158,6 +159,24 @@ def sample(run_dir: str | Path, n: int, *, seed: int = 0, **options: Any) -> Ten
     kwargs = recipe.sample_kwargs(config, given, n)
     gen = recipe.generator(model, config)
     return gen.sample(n, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def inpaint(run_dir: str | Path, image: Tensor, hole: Tensor, *, seed: int = 0, **options: Any) -> Tensor:
+    """Fill the ``hole`` (``(N, 1, H, W)`` bool, True = fill) of integer images ``(N, C, H, W)`` with a run.
+
+    The kept pixels come back unchanged; ``options`` are the run's sampling options (solver, steps).
+    """
+    config = read_config(run_dir)
+    recipe = get_recipe(config["recipe"])
+    if recipe.inpaint is None:
+        raise ValueError(
+            f"{run_dir} is a {recipe.name} run, which does not inpaint; train an inpainting run: "
+            "flowforge train mnist-inpaint"
+        )
+    given = {k: v for k, v in options.items() if v is not None}
+    check_options(recipe, "sample", given, recipe.sample_options(config), "--image, --mask, --seed, --out")
+    model, config = load_run(run_dir)
+    return recipe.inpaint(model, config, image, hole, seed=seed, **given)
 
 
 def evaluate(
