@@ -188,13 +188,17 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 class ImageFlowGenerator:
     """A flow-matching run on images, speaking integer pixels: ``sample`` returns ``uint8`` images.
 
+    ``decode`` (latent runs) maps the flow's samples to images in ``[-1, 1]``.
+
     ``sample(n, cond=..., guidance=w, schedule=...)`` integrates the (guided) velocity from noise at
     t=0 and quantises; ``nfe`` holds the number of network calls per sample of the last call (a guided
     call evaluates the conditional and the unconditional branch in one batched call: counted once).
     """
 
-    def __init__(self, fm: FlowMatching, levels: int, key: str = "y") -> None:
-        self.fm, self.levels, self.key = fm, int(levels), key
+    def __init__(
+        self, fm: FlowMatching, levels: int, key: str = "y", decode: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        self.fm, self.levels, self.key, self.decode = fm, int(levels), key, decode
         self.nfe = 0
 
     def sample_unit(
@@ -221,6 +225,8 @@ class ImageFlowGenerator:
         gen.field = counted
         x = gen.sample(n, cond=cond, **opts)
         self.nfe = calls[0]
+        if self.decode is not None:  # a latent model: decode the latents to images
+            x = self.decode(x)
         return x.clamp(-1.0, 1.0)
 
     def sample(self, n: int, **opts: Any) -> Tensor:
