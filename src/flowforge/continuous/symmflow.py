@@ -100,7 +100,8 @@ class SymmFlow(nn.Module):
 
     Args:
         net: the joint velocity network ``net(state, t)``, ``state: (B, C + K, *spatial)`` or ``(B, D + K)``
-            (see :func:`pack`), returning a tensor of the same shape.
+            (see :func:`pack`), returning a tensor of the same shape; an unconditional net (the label enters
+            through the state), e.g. ``UNet(in_channels=C + K, out_channels=C + K)``.
         event_shape: shape of one image ``(C, H, W)`` (or ``(D,)`` for vectors).
         num_classes: number of classes; labels ``y`` are int64 in ``0 .. num_classes - 1``.
         code: ``"onehot"`` (``K = num_classes`` code numbers in ``{-s, s}``) or ``"ordinal"`` (the
@@ -147,7 +148,7 @@ class SymmFlow(nn.Module):
         if code not in CODES:
             raise unknown_choice("code", code, CODES)
         if not label_scale > 0:
-            raise ValueError(f"label_scale must be > 0, got {label_scale}; e.g. label_scale=1.0")
+            raise ValueError(f"label_scale must be > 0, got {label_scale}; e.g. label_scale=2.0")
         if not label_noise >= 0:
             raise ValueError(f"label_noise must be >= 0 (a uniform width), got {label_noise}")
         if not 0.0 <= image_weight <= 1.0:
