@@ -92,7 +92,8 @@ def train_recipe(
 
     The model is built and the data made under ``seed`` (on a forked RNG, so the caller's random stream is
     untouched): the same recipe, config and seed give the same run, bit for bit on CPU. A folder that holds
-    another recipe's run is refused, with or without ``resume``.
+    another recipe's run is refused, with or without ``resume``. The recipe's ``monitor`` hook, when it has
+    one, gives the trainer's ``callback`` (e.g. sample grids written every N steps).
     """
     recipe = get_recipe(name)
     overrides = dict(overrides or {})
@@ -122,9 +123,11 @@ def train_recipe(
         data, updates = recipe.data(config)
         config.update(updates)
         model = recipe.build(config)
+    callback = recipe.monitor(config, out) if recipe.monitor is not None else None
     return train(
         model,
         data,
+        callback=callback,
         steps=int(config["steps"]),
         out=out,
         seed=seed,
