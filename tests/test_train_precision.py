@@ -291,7 +291,7 @@ def _dummy_recipe(monitor) -> Recipe:
     return Recipe(
         name="dummy-monitor",
         summary="a test recipe",
-        defaults={"steps": 6, "batch_size": 16, "lr": 0.01},
+        defaults={"steps": 6, "batch_size": 16, "lr": 0.01, "precision": "bf16"},  # a TRAIN_KEY
         build=lambda config: Regression(),
         data=lambda config: (regression_data(), {"dim": 4}),
         generator=lambda model, config: model,
@@ -310,6 +310,7 @@ def test_recipe_monitor_hook_is_called_every_step(tmp_path, monkeypatch):
 
         def cb(step: int, trainer: Trainer) -> None:
             assert isinstance(trainer, Trainer) and trainer.ema is not None
+            assert trainer.resolved["precision"] == "bf16"  # the recipe's training key reached the trainer
             calls.append((step, trainer.step))
 
         return cb

@@ -31,8 +31,20 @@ __all__ = [
     "check_options",
 ]
 
-#: Training keys passed to the trainer rather than to the model.
-TRAIN_KEYS = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "schedule")
+#: Training keys passed to the trainer rather than to the model (when the recipe's defaults have them; a
+#: recipe may add e.g. ``"precision": "auto"`` so that ``--set precision=fp32`` reaches the trainer).
+TRAIN_KEYS = (
+    "batch_size",
+    "lr",
+    "warmup",
+    "grad_clip",
+    "ema_decay",
+    "schedule",
+    "precision",
+    "compile",
+    "channels_last",
+    "tf32",
+)
 
 
 def train_options(name: str) -> tuple[str, ...]:
@@ -124,10 +136,12 @@ def train_recipe(
         config.update(updates)
         model = recipe.build(config)
     callback = recipe.monitor(config, out) if recipe.monitor is not None else None
+    # passed only when there is one, so that wrappers of train() that add their own callback keep working
+    hooks = {"callback": callback} if callback is not None else {}
     return train(
         model,
         data,
-        callback=callback,
+        **hooks,
         steps=int(config["steps"]),
         out=out,
         seed=seed,
