@@ -364,8 +364,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--net", choices=("unet", "standin"), default="unet")
-    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--net", choices=("unet", "standin"), help="default: unet (standin with --smoke)")
+    p.add_argument("--channels", type=int, help="default: 64 (8 with --smoke)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, among {', '.join(MODES)}")
     p.add_argument("--impls", default="flowforge,plain")
     p.add_argument("--steps", type=int, default=1500, help="training steps per run (the budget)")
@@ -381,12 +381,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--smoke", action="store_true", help="everything tiny on CPU (checks the script, < 1 min)")
     a = p.parse_args(argv)
     if a.smoke:
-        a.device, a.net, a.channels, a.steps, a.warmup, a.warmup_lr = "cpu", "standin", 8, 8, 2, 2
+        a.device, a.steps, a.warmup, a.warmup_lr = "cpu", 8, 2, 2
+        a.net, a.channels = a.net or "standin", a.channels or 8
         a.batch, a.fd_samples, a.sample_steps, a.lr = 16, 64, 2, 1e-2
         # inductor's C++ build takes minutes on a small CPU: the smoke run traces with dynamo and runs eagerly
         real_compile = torch.compile
         torch.compile = functools.partial(real_compile, backend="eager")
         torch.set_num_threads(1)
+    a.net, a.channels = a.net or "unet", a.channels or 64
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     impls = [m.strip() for m in a.impls.split(",") if m.strip()]
     for m in modes:
@@ -398,14 +400,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if a.warmup >= a.steps:
         p.error(f"--warmup ({a.warmup}) must be smaller than --steps ({a.steps})")
     dev = torch.device(a.device)
-    if not Path(a.data_dir).is_dir():
-        p.error(f"--data-dir {a.data_dir}: no such folder; give the folder with the four MNIST .gz files")
-    train_set = load_mnist(a.data_dir, "train", download=False)
-    test = load_mnist(a.data_dir, "test", download=False)
-    images = train_set.x.to(dev)  # uint8 on the device, once
     g = torch.Generator().manual_seed(1)
-    ref_idx = torch.randperm(len(test.x), generator=g)[: max(a.fd_samples, 10)]
-    reference = test.x[ref_idx].float() * (2.0 / 255.0) - 1.0
+    if Path(a.data_dir).is_dir():
+        train_x, test_x = (load_mnist(a.data_dir, split, download=False).x for split in ("train", "test"))
+    elif a.smoke:  # the smoke run checks the script, not the data
+        print(f"--data-dir {a.data_dir} not found: the smoke run uses random images", flush=True)
+        train_x, test_x = (
+            torch.randint(0, 256, (256, 1, 28, 28), generator=g, dtype=torch.uint8) for _ in "ab"
+        )
+    else:
+        p.error(f"--data-dir {a.data_dir}: no such folder; give the folder with the four MNIST .gz files")
+    images = train_x.to(dev)  # uint8 on the device, once
+    ref_idx = torch.randperm(len(test_x), generator=g)[: max(a.fd_samples, 10)]
+    reference = test_x[ref_idx].float() * (2.0 / 255.0) - 1.0
     grids = Path(a.grids) if a.grids else None
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     print(
