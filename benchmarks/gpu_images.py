@@ -327,11 +327,12 @@ def one_run(impl: str, mode: str, a, dev, images, reference, grids: Path | None)
         "loss": losses[-1][1] if losses else None,
         "fd": fd(samples, reference),
         "ema": {k: v.detach().float().cpu() for k, v in ema_net.state_dict().items()},
+        "run_s": time.perf_counter() - timer["start"],
     }
     fd_text = "n/a" if res["fd"] is None else f"{res['fd']:.3f}"
     print(
         f"{impl:9s} {mode:12s} {res['images_per_s']:10.1f} img/s  {res['ms_per_step']:8.2f} ms/step  "
-        f"warm-up {res['warmup_s']:6.1f} s  loss {res['loss']:.4f}  FD {fd_text}  "
+        f"warm-up {res['warmup_s']:6.1f} s  run {res['run_s']:6.1f} s  loss {res['loss']:.4f}  FD {fd_text}  "
         f"[{speed['precision']}, compile={speed['compile']}, channels_last={speed['channels_last']}, tf32={speed['tf32']}]",
         flush=True,
     )
@@ -368,14 +369,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--channels", type=int, help="default: 64 (8 with --smoke)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, among {', '.join(MODES)}")
     p.add_argument("--impls", default="flowforge,plain")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per run (the budget)")
+    p.add_argument("--steps", type=int, default=800, help="training steps per run (the budget)")
     p.add_argument("--warmup", type=int, default=50, help="untimed steps (compilation happens here)")
     p.add_argument("--warmup-lr", type=int, default=100, help="learning-rate warm-up steps")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fd-samples", type=int, default=5000)
-    p.add_argument("--sample-steps", type=int, default=32, help="Heun steps for the FD samples")
+    p.add_argument("--fd-samples", type=int, default=2000)
+    p.add_argument("--sample-steps", type=int, default=16, help="Heun steps for the FD samples (2 NFE each)")
     p.add_argument("--grids", help="folder for one 8x8 sample grid PNG per run")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--smoke", action="store_true", help="everything tiny on CPU (checks the script, < 1 min)")
