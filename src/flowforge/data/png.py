@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save_image_grid", "read_png", "to_uint8", "image_grid"]
+__all__ = ["save_image_grid", "read_png", "to_uint8", "image_grid", "encode_png"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: PNG colour type -> (channels, name); 3 (palette) is refused.
