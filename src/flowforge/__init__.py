@@ -41,6 +41,7 @@ _MODULES = {
 _NAMES = {
     "FlowMatching": "flowforge.continuous",
     "FlowGenerator": "flowforge.continuous",
+    "SymmFlow": "flowforge.continuous",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",
     "Flow": "flowforge.normalizing",

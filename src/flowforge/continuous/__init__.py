@@ -2,10 +2,13 @@
 
 from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
+from flowforge.continuous.symmflow import SymmFlow, SymmFlowGenerator
 
 __all__ = [
     "FlowMatching",
     "FlowGenerator",
     "SOLVERS",
     "make_solver",
+    "SymmFlow",
+    "SymmFlowGenerator",
 ]

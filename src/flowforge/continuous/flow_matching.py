@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from flowforge.continuous.generator import FlowGenerator
 from flowforge.core.batch import split_batch
 from flowforge.core.couplings import Coupling, Independent
-from flowforge.core.guidance import ClassifierFreeGuidance, drop_labels
+from flowforge.core.guidance import ConstantGuidance, GuidanceSchedule, drop_labels, guided
 from flowforge.core.objectives import TARGETS, Distance, SquaredError, regression_loss, regression_target
 from flowforge.core.paths import PREDICTIONS, AffinePath, Path, convert
 from flowforge.core.schedules import Linear
@@ -138,23 +138,77 @@ class FlowMatching(nn.Module):
         assert kind in PREDICTIONS
         return convert(out, x, t, self.path, src=kind, dst="velocity")
 
-    def generator(self, guidance: float | None = None) -> FlowGenerator:
-        """The model as a :class:`FlowGenerator` (sampling and likelihood).
+    def generator(
+        self,
+        guidance: float | GuidanceSchedule | None = None,
+        *,
+        schedule: GuidanceSchedule | None = None,
+        key: str = "y",
+        null: int | float | None = None,
+    ) -> FlowGenerator:
+        """The model as a :class:`FlowGenerator` (sampling and likelihood), optionally guided.
+
+        Guidance acts in VELOCITY space, after :meth:`to_velocity`: ``v = v_u + w (v_c - v_u)`` with
+        ``v_c``, ``v_u`` from one batched call on ``[cond; null]`` (see
+        :func:`flowforge.core.guidance.guided`). For a constant ``w`` this equals guiding the raw
+        prediction (the conversions are affine); ratio-based schedules such as
+        :class:`~flowforge.core.guidance.RAAG` need the velocities.
 
         Args:
-            guidance: classifier-free guidance weight ``w``; ``None`` or 1 for none.
+            guidance: a constant weight ``w`` (``None`` or 1: no guidance) or a
+                :class:`~flowforge.core.guidance.GuidanceSchedule`.
+            schedule: a :class:`~flowforge.core.guidance.GuidanceSchedule` (instead of ``guidance``).
+            key: the condition that guidance drops (``"y"`` for class labels).
+            null: its "no condition" value; defaults to ``self.null_label``.
+
+        Example:
+            >>> import torch
+            >>> from flowforge import FlowMatching
+            >>> from flowforge.core.guidance import RAAG
+            >>> from flowforge.nn import MLP
+            >>> fm = FlowMatching(MLP(2, 16, 1, num_classes=3), event_shape=(2,))
+            >>> y = torch.tensor([0, 1, 2, 0])
+            >>> gen = fm.generator(schedule=RAAG(w_max=4.0))
+            >>> gen.sample(4, cond={"y": y}, steps=2, generator=torch.Generator().manual_seed(0)).shape
+            torch.Size([4, 2])
         """
         if self.event_shape is None:
             raise RuntimeError(
                 "event shape unknown: train on a batch first or pass event_shape=... to FlowMatching"
             )
-        net: Callable[..., Tensor] = self.net
-        if guidance is not None and guidance != 1.0:
-            if self.null_label is None:
-                raise ValueError("guidance needs a class-conditional model (null_label or net.num_classes)")
-            net = ClassifierFreeGuidance(self.net, guidance, self.null_label)
+        if guidance is not None and schedule is not None:
+            raise ValueError(
+                "pass either guidance=w (a float or a schedule) or schedule=..., not both; "
+                "e.g. generator(schedule=RAAG(w_max=18.0)) or generator(guidance=2.0)"
+            )
+        if schedule is None and guidance is not None:
+            if isinstance(guidance, (int, float)):
+                schedule = None if float(guidance) == 1.0 else ConstantGuidance(float(guidance))
+            else:
+                schedule = guidance
+        if schedule is not None and not isinstance(schedule, GuidanceSchedule):
+            raise TypeError(
+                f"guidance must be a float or a GuidanceSchedule (e.g. RAAG(), IntervalGuidance(w, lo, hi)), "
+                f"got {type(schedule).__name__}"
+            )
+        if schedule is None:
 
-        def field(x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
-            return self.to_velocity(net, x, t, **cond)
+            def field(x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+                return self.to_velocity(self.net, x, t, **cond)
 
-        return FlowGenerator(field, self.event_shape, self.path)
+            return FlowGenerator(field, self.event_shape, self.path)
+
+        null_value = null if null is not None else self.null_label
+        if null_value is None:
+            raise ValueError(
+                "guidance needs a conditional model with a null condition: build FlowMatching(..., "
+                "null_label=...) (or use a net with num_classes), or pass generator(..., null=...)"
+            )
+
+        def velocity(x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+            return self.to_velocity(self.net, x, t, **cond)
+
+        def guided_field(x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+            return guided(velocity, x, t, cond, key=key, null=null_value, schedule=schedule)
+
+        return FlowGenerator(guided_field, self.event_shape, self.path)

@@ -21,6 +21,7 @@ from flowforge.data.images import (
     load_mnist,
     quantize,
 )
+from flowforge.data.png import read_png, save_image_grid
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 
 __all__ = [
@@ -44,5 +45,7 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "quantize",
+    "read_png",
+    "save_image_grid",
     "toy2d",
 ]

@@ -101,6 +101,9 @@ class GFlowNet(nn.Module):
 
     makes_own_batches: ClassVar[bool] = True
 
+    #: small policies, Python-level rollouts: fp32 and eager mode on CUDA unless told otherwise
+    cuda_defaults = {"precision": "fp32", "compile": False}
+
     def __init__(
         self,
         env: Environment,

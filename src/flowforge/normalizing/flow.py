@@ -131,6 +131,9 @@ class Flow(nn.Module):
         torch.Size([4])
     """
 
+    #: exact likelihoods: the trainer keeps fp32 and eager mode on CUDA unless told otherwise
+    cuda_defaults = {"precision": "fp32", "compile": False}
+
     def __init__(
         self,
         transform: nn.Module | Sequence[nn.Module],

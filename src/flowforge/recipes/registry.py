@@ -4,7 +4,7 @@ A :class:`Recipe` is a dictionary of defaults (a flat JSON config) plus the hook
 makes the model from a config, ``data`` the training data, ``generator`` turns the trained model into a
 :class:`~flowforge.core.contracts.Generator`, ``sample_options``/``sample_kwargs`` say which sampling
 options apply and how they reach ``sample(...)``, ``reference``/``evaluate``/``metrics`` say how a run is
-evaluated. The whole config (with what ``data`` learned, e.g. the standardisation) is written to the run
+evaluated, and ``monitor`` (optional) what it writes while it trains. The whole config (with what ``data`` learned, e.g. the standardisation) is written to the run
 folder, so ``flowforge sample`` and ``flowforge eval`` rebuild exactly the trained model. The run code
 (:mod:`flowforge.recipes.runs`) and the CLI call these hooks and know no family.
 
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from flowforge.core.choices import suggest, unknown_choice
 from flowforge.data import check_finite, load_array
+
+if TYPE_CHECKING:
+    from flowforge.train import Trainer
 
 __all__ = [
     "Recipe",
@@ -87,6 +91,13 @@ class Recipe:
         inpaint: ``(model, config, image, hole, *, seed, **options) -> images``: fill the ``hole`` pixels
             of integer images (``flowforge inpaint``); ``None``: the recipe's runs do not inpaint.
         kind: the family, a label for people (``flowforge list``, docs); no code branches on it.
+        monitor: ``(config, run_dir) -> callback or None``: periodic monitoring while training, e.g. a
+            sample grid ``run_dir/samples/step_XXXXXXX.png`` every N steps. The callback is called as
+            ``callback(step, trainer)`` after every step (and after that step's checkpoint), with
+            ``trainer.ema``, ``trainer.model`` and ``trainer.train_config`` at hand; it must draw its
+            randomness from its own ``torch.Generator`` (never the global RNGs, which the training
+            trajectory and its bit-for-bit resume depend on) and put the model back in train mode.
+            ``None`` (the default), or a returned None: no monitoring.
     """
 
     name: str
@@ -105,6 +116,7 @@ class Recipe:
     default_metrics: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = ()
     inpaint: Callable[..., Tensor] | None = None
     kind: str = "continuous"
+    monitor: Callable[[dict[str, Any], Path], Callable[[int, Trainer], None] | None] | None = None
 
     def default_metrics_for(self, options: Mapping[str, Any]) -> tuple[str, ...]:
         """The metrics ``eval`` computes when none are named, given the eval options in use."""

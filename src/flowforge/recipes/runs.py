@@ -32,8 +32,20 @@ __all__ = [
     "check_options",
 ]
 
-#: Training keys passed to the trainer rather than to the model.
-TRAIN_KEYS = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "schedule")
+#: Training keys passed to the trainer rather than to the model (when the recipe's defaults have them; a
+#: recipe may add e.g. ``"precision": "auto"`` so that ``--set precision=fp32`` reaches the trainer).
+TRAIN_KEYS = (
+    "batch_size",
+    "lr",
+    "warmup",
+    "grad_clip",
+    "ema_decay",
+    "schedule",
+    "precision",
+    "compile",
+    "channels_last",
+    "tf32",
+)
 
 
 def train_options(name: str) -> tuple[str, ...]:
@@ -93,7 +105,8 @@ def train_recipe(
 
     The model is built and the data made under ``seed`` (on a forked RNG, so the caller's random stream is
     untouched): the same recipe, config and seed give the same run, bit for bit on CPU. A folder that holds
-    another recipe's run is refused, with or without ``resume``.
+    another recipe's run is refused, with or without ``resume``. The recipe's ``monitor`` hook, when it has
+    one, gives the trainer's ``callback`` (e.g. sample grids written every N steps).
     """
     recipe = get_recipe(name)
     overrides = dict(overrides or {})
@@ -123,9 +136,13 @@ def train_recipe(
         data, updates = recipe.data(config)
         config.update(updates)
         model = recipe.build(config)
+    callback = recipe.monitor(config, out) if recipe.monitor is not None else None
+    # passed only when there is one, so that wrappers of train() that add their own callback keep working
+    hooks = {"callback": callback} if callback is not None else {}
     return train(
         model,
         data,
+        **hooks,
         steps=int(config["steps"]),
         out=out,
         seed=seed,

@@ -22,9 +22,10 @@ import torch
 
 from ..core.choices import unknown_choice
 
-__all__ = ["TrainConfig", "make_train_config"]
+__all__ = ["PRECISIONS", "TrainConfig", "make_train_config"]
 
 _SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,26 @@ class TrainConfig:
         threads: CPU threads for the duration of the run (``torch.set_num_threads``, restored after). None
             picks: 1 thread for a model under 1M parameters on CPU, torch's default otherwise. Never
             changed on CUDA.
+        precision: ``"fp32"``; ``"bf16"``: the loss (the forward pass) runs under
+            ``torch.autocast(dtype=torch.bfloat16)``, on CUDA and CPU alike (weights, gradients, optimizer
+            and EMA stay float32); ``"auto"``: ``"bf16"`` on a CUDA device that supports it (compute
+            capability >= 8.0), else ``"fp32"``. Part of the trajectory: a resume must use the same
+            resolved precision.
+        compile: ``torch.compile`` what the trainer calls each step (``model.loss``); the model itself is
+            not wrapped, so checkpoints, the EMA and ``state_dict`` keys are unchanged. None: True on CUDA,
+            False on CPU.
+        channels_last: put the model's 4-D weights and the 4-D tensors of each batch in
+            ``torch.channels_last`` memory format (faster convolutions on CUDA). None: True on CUDA when
+            the model has a 4-D weight (a 2-D convolution).
+        tf32: let CUDA matmuls and cuDNN convolutions use TensorFloat-32 for the run
+            (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``; both
+            restored after). None: True on CUDA. Nothing is changed on a CPU run.
+
+    The four speed options above default to None / ``"auto"`` and are resolved once, when training
+    starts, from the device (and the model's ``cuda_defaults``, see :func:`~flowforge.train.train`); the
+    resolved values are written to ``out/trainer.json`` and each checkpoint's manifest. On CPU the
+    defaults resolve to fp32, no compile, no channels_last, no tf32: exactly the behaviour before they
+    existed.
     """
 
     steps: int
@@ -84,6 +105,10 @@ class TrainConfig:
     progress: bool = True
     device: torch.device | str | None = None
     threads: int | None = None
+    precision: str = "auto"
+    compile: bool | None = None
+    channels_last: bool | None = None
+    tf32: bool | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -155,9 +180,28 @@ class TrainConfig:
                 ) from None
         if self.threads is not None:
             need_int("threads", 1, 1)
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise unknown_choice(
+                "precision",
+                self.precision,
+                PRECISIONS,
+                hint="'bf16' runs the loss under bfloat16 autocast, 'fp32' in float32, 'auto' picks bf16 on "
+                "CUDA devices that support it",
+            )
+        for name in ("compile", "channels_last", "tf32"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, bool):
+                raise ValueError(
+                    f"{name} must be True, False or None (automatic: True on CUDA, False on CPU), got {v!r}; "
+                    f"write e.g. {name}=False"
+                )
 
     def trajectory(self, world_size: int = 1) -> dict[str, Any]:
-        """The settings that determine the trajectory (saved in checkpoints); a resume must match them."""
+        """The settings that determine the trajectory (saved in checkpoints); a resume must match them.
+
+        ``precision`` is reported as given (possibly ``"auto"``); the trainer replaces it by the resolved
+        value before saving or comparing.
+        """
         return {
             "steps": self.steps,
             "batch_size": self.batch_size,
@@ -172,6 +216,7 @@ class TrainConfig:
             "ema_warmup": self.ema_warmup,
             "seed": self.seed,
             "world_size": world_size,
+            "precision": self.precision,
         }
 
 

@@ -6,6 +6,7 @@ Everything it writes to ``out`` is plain JSON, JSON lines and safetensors:
 .. code-block:: text
 
     out/config.json          the user's ``config`` dict, verbatim
+    out/trainer.json         what ran: device, resolved precision / compile / channels_last / tf32, torch
     out/metrics.jsonl        one JSON object per log line
     out/ckpt-000500/         model, ema, optimizer, rng .safetensors + manifest.json
     out/latest               name of the newest checkpoint
@@ -57,12 +58,14 @@ __all__ = [
     "auto_threads",
     "lr_at",
     "makes_own_batches",
+    "resolve_speed",
     "run_seeds",
     "train",
 ]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+SETUP_FILE = "trainer.json"
 
 
 class BatchRequest(NamedTuple):
@@ -492,6 +495,128 @@ def auto_threads(model: nn.Module, device: torch.device) -> int | None:
 
 _SMALL_MODEL = 1_000_000
 
+_SPEED_KEYS = ("precision", "compile", "channels_last", "tf32")
+
+
+def resolve_speed(train_config: TrainConfig, model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """The ``precision``, ``compile``, ``channels_last`` and ``tf32`` a run uses: "auto" / None resolved.
+
+    On CUDA the automatic values are bf16 autocast (compute capability >= 8.0, else fp32), compile, tf32,
+    and channels_last when the model has a 4-D weight (a 2-D convolution); a model class may change what
+    "automatic" means for it on CUDA with a ``cuda_defaults`` attribute, e.g. ``{"precision": "fp32"}``
+    for a normalizing flow whose log-determinants need float32 matmuls, or ``{"compile": False}`` for a
+    loss with data-dependent Python loops. On any other device they are fp32 and False: the behaviour
+    before these options existed. Values given explicitly are kept (``tf32`` reads False off CUDA, where
+    it changes nothing).
+
+    Args:
+        train_config: the run's settings.
+        model: the model to train (its weights' shapes and ``cuda_defaults`` are read).
+        device: the training device.
+
+    Returns:
+        ``{"precision": "fp32" | "bf16", "compile": bool, "channels_last": bool, "tf32": bool}``.
+
+    Example:
+        >>> import torch
+        >>> resolve_speed(TrainConfig(steps=1), torch.nn.Conv2d(1, 1, 3), torch.device("cpu"))
+        {'precision': 'fp32', 'compile': False, 'channels_last': False, 'tf32': False}
+    """
+    cuda = device.type == "cuda"
+    prefs: dict[str, Any] = {}
+    if cuda:
+        conv = any(p.ndim == 4 and p.is_floating_point() for p in model.parameters())
+        bf16 = torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+        prefs = {
+            "precision": "bf16" if bf16 else "fp32",
+            "compile": True,
+            "channels_last": conv,
+            "tf32": True,
+        }
+        own = getattr(model, "cuda_defaults", None) or {}
+        bad = [k for k in own if k not in _SPEED_KEYS]
+        if not isinstance(own, Mapping) or bad:
+            raise TypeError(
+                f"{type(model).__name__}.cuda_defaults must be a dict with keys among {', '.join(_SPEED_KEYS)}, "
+                f"got {own!r}; write e.g. cuda_defaults = {{'precision': 'fp32'}}"
+            )
+        prefs.update({k: v for k, v in own.items() if not (k == "precision" and v == "bf16" and not bf16)})
+    cfg = train_config
+    precision = cfg.precision if cfg.precision != "auto" else prefs.get("precision", "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(
+            f"{type(model).__name__}.cuda_defaults: precision must be 'fp32' or 'bf16', got {precision!r}"
+        )
+    return {
+        "precision": precision,
+        "compile": bool(cfg.compile if cfg.compile is not None else prefs.get("compile", False)),
+        "channels_last": bool(
+            cfg.channels_last if cfg.channels_last is not None else prefs.get("channels_last", False)
+        ),
+        "tf32": cuda and bool(cfg.tf32 if cfg.tf32 is not None else prefs.get("tf32", False)),
+    }
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool, device: torch.device) -> Iterator[None]:
+    """TF32 on (or off) for CUDA matmuls and cuDNN convolutions for the block, restored after; CPU: nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _channels_last(batch: Any) -> Any:
+    """Every floating 4-D tensor of ``batch`` (tensor, tuple, list, dict) in channels_last memory format."""
+    if isinstance(batch, Tensor):
+        if batch.ndim == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_channels_last(b) for b in batch))
+    if isinstance(batch, tuple | list):
+        return type(batch)(_channels_last(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _channels_last(v) for k, v in batch.items()}
+    return batch
+
+
+def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of the context the loss runs in: bfloat16 autocast for ``"bf16"``, nothing for ``"fp32"``."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class _CompiledLoss:
+    """``torch.compile(fn)``; when compile was automatic and the compiler fails, warn and run ``fn`` eagerly."""
+
+    def __init__(self, fn: Callable[[Any], Tensor], explicit: bool, on_fallback: Callable[[], None]) -> None:
+        self.eager, self.explicit, self.on_fallback = fn, explicit, on_fallback
+        self.fn: Callable[[Any], Tensor] = torch.compile(fn)
+
+    def __call__(self, batch: Any) -> Tensor:
+        if self.fn is self.eager or self.explicit:
+            return self.fn(batch)
+        from torch._dynamo.exc import BackendCompilerFailed, InternalTorchDynamoError
+
+        try:
+            return self.fn(batch)
+        except (BackendCompilerFailed, InternalTorchDynamoError) as e:
+            warnings.warn(
+                f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "training continues without it. Pass compile=False to skip it, or compile=True to see the error",
+                stacklevel=2,
+            )
+            self.fn = self.eager
+            self.on_fallback()
+            return self.fn(batch)
+
 
 @contextlib.contextmanager
 def _threads(n: int | None, device: torch.device) -> Iterator[None]:
@@ -533,6 +658,8 @@ class _Loop:
     t_log: float = 0.0
     step_log: int = 0
     lr: float = 0.0
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    channels_last: bool = False
 
 
 class Trainer:
@@ -540,7 +667,8 @@ class Trainer:
 
     Use :func:`train` unless you need the trainer object (e.g. inside ``callback``, which receives it:
     ``trainer.step``, ``trainer.model``, ``trainer.optimizer``, ``trainer.ema``, ``trainer.last_loss``,
-    ``trainer.last_grad_norm``, ``trainer.train_config``; every setting also reads as ``trainer.<name>``).
+    ``trainer.last_grad_norm``, ``trainer.train_config``, ``trainer.resolved`` (the precision / compile /
+    channels_last / tf32 in use, once ``fit`` started); every setting also reads as ``trainer.<name>``).
 
     Args:
         model: an ``nn.Module`` with ``loss(batch) -> scalar Tensor``.
@@ -583,6 +711,7 @@ class Trainer:
         self.last_loss: Tensor | None = None
         self.last_grad_norm: Tensor | None = None
         self.dist = _dist.DistInfo()
+        self.resolved: dict[str, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         # trainer.steps, trainer.lr, ...: the settings read as attributes (only called for missing names)
@@ -591,8 +720,12 @@ class Trainer:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def settings(self, world_size: int = 1) -> dict[str, Any]:
-        """The hyperparameters that determine the trajectory; a resume must match them exactly."""
-        return self.train_config.trajectory(world_size)
+        """The hyperparameters that determine the trajectory; a resume must match them exactly.
+
+        ``precision`` is the resolved one (``"fp32"`` or ``"bf16"``), as saved in checkpoints.
+        """
+        resolved = self.resolved or resolve_speed(self.train_config, self.model, self._pick_device())
+        return {**self.train_config.trajectory(world_size), "precision": resolved["precision"]}
 
     def lr_at(self, step: int) -> float:
         """Learning rate of update ``step`` (0-based) under this trainer's schedule."""
@@ -624,10 +757,11 @@ class Trainer:
         cfg = self.train_config
         device = self._pick_device()
         threads = cfg.threads if cfg.threads is not None else auto_threads(self.model, device)
+        self.resolved = resolve_speed(cfg, self.model, device)
         info = _dist.setup(device)
         self.dist = info
         try:
-            with _threads(threads, device), self._locked(info):
+            with _threads(threads, device), _tf32(self.resolved["tf32"], device), self._locked(info):
                 return self._fit(device, info)
         except KeyboardInterrupt:
             resume = (
@@ -663,7 +797,8 @@ class Trainer:
 
     def _check_same_run(self, saved: Mapping[str, Any], settings: dict[str, Any]) -> None:
         diffs = []
-        old = saved.get("trainer", {})
+        # runs saved before the precision option existed trained in fp32
+        old = {"precision": "fp32", **saved.get("trainer", {})}
         for k in sorted(set(old) | set(settings)):
             if old.get(k) != settings.get(k):
                 diffs.append(f"{k}={old.get(k)!r} in the checkpoint, {settings.get(k)!r} now")
@@ -717,8 +852,11 @@ class Trainer:
 
     def _setup(self, device: torch.device, info: _dist.DistInfo) -> _Loop:
         """Move the model, build AdamW, the EMA and the data generator."""
-        cfg = self.train_config
+        cfg, speed = self.train_config, self.resolved
+        assert speed is not None
         model = self.model.to(device)
+        if speed["channels_last"]:
+            model.to(memory_format=torch.channels_last)  # 4-D weights only; keys and values unchanged
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -728,9 +866,8 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.optimizer, self.ema = opt, ema
-        return _Loop(
-            model, params, opt, ema, torch.Generator(), info, device, cfg.trajectory(info.world_size)
-        )
+        settings = {**cfg.trajectory(info.world_size), "precision": speed["precision"]}
+        return _Loop(model, params, opt, ema, torch.Generator(), info, device, settings)
 
     def _find_checkpoint(self, main: bool) -> Checkpoint | None:
         """The checkpoint to resume from (validated, nothing applied), None for a fresh run."""
@@ -818,7 +955,14 @@ class Trainer:
             forward = _dist.wrap(loop.model, loop.info, loop.device)  # broadcasts rank 0's weights
             if loop.start == 0:
                 loop.ema.load_state_dict(loop.model.state_dict(), num_updates=0)
+        speed = self.resolved
+        assert speed is not None
+        if speed["compile"]:  # the model is not wrapped: state_dict keys keep no "_orig_mod." prefix
+            forward = _CompiledLoss(forward, self.train_config.compile is True, lambda: self._fell_back(loop))
         loop.forward = forward
+        loop.autocast = _autocast(speed["precision"], loop.device)
+        loop.channels_last = speed["channels_last"]
+        self._write_setup(loop)
         loop.source = _make_source(self.data, loop.device)
         loop.loss_acc = torch.tensor(loop.loss_carry, dtype=torch.float64, device=loop.device)
         loop.gn_acc = torch.tensor(loop.gn_carry, dtype=torch.float64, device=loop.device)
@@ -826,14 +970,38 @@ class Trainer:
         loop.step_log = self.step = loop.start
         loop.lr = self.lr_at(loop.start)
 
+    def _fell_back(self, loop: _Loop) -> None:
+        assert self.resolved is not None
+        self.resolved = {**self.resolved, "compile": False}
+        self._write_setup(loop)
+
+    def _write_setup(self, loop: _Loop) -> None:
+        """``out/trainer.json``: the device, the resolved speed options and torch, for this (re)start."""
+        out = self.train_config.out
+        if out is None or not loop.info.is_main:
+            return
+        setup = {
+            "device": str(loop.device),
+            "world_size": loop.info.world_size,
+            **(self.resolved or {}),
+            "torch": torch.__version__,
+            "start_step": loop.start,
+        }
+        atomic_write(out / SETUP_FILE, json.dumps(setup, indent=2))
+
     def _update(self, loop: _Loop) -> None:
         """One step: set the LR, draw a batch, loss, backward, clip, AdamW, EMA; add to the running sums."""
         loop.lr = self.lr_at(self.step)
         for group in loop.opt.param_groups:
             group["lr"] = loop.lr
         batch = _to_device(loop.source(self.train_config.batch_size, loop.gen), loop.device)
+        if loop.channels_last:
+            batch = _channels_last(batch)
         loop.opt.zero_grad(set_to_none=True)
-        loss = loop.forward(batch)
+        with loop.autocast():
+            loss = loop.forward(batch)
+        if isinstance(loss, Tensor) and loss.dtype in (torch.bfloat16, torch.float16):
+            loss = loss.float()
         if self.step == loop.start and (not isinstance(loss, Tensor) or loss.numel() != 1):
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(
@@ -938,6 +1106,7 @@ class Trainer:
                 "grad_norm": gn_acc.item(),
                 "count": count,
                 "elapsed": elapsed,
+                "setup": dict(self.resolved or {}),
             }
             groups = {
                 "model": model.state_dict(),
@@ -991,6 +1160,12 @@ def train(
     every RNG state (data generator, torch CPU, CUDA, numpy, python) with the weights, EMA and
     optimizer, so a killed run continues exactly as if it had not been interrupted.
 
+    **Speed on CUDA.** By default a CUDA run uses bfloat16 autocast around the loss (``precision``),
+    ``torch.compile`` of ``model.loss`` (``compile``), channels_last memory for convolutional models
+    (``channels_last``) and TF32 (``tf32``); a CPU run uses none of them (see :func:`resolve_speed`; a model
+    class can set ``cuda_defaults = {"precision": "fp32"}`` to change what "auto" means for it). What was
+    used is written to ``out/trainer.json``.
+
     **The run folder** ``out`` is locked (``out/.lock``) for the whole run: a second training into it
     fails with :class:`RunLockedError`. A diverging run stops before a non-finite checkpoint is written.
 
@@ -1003,7 +1178,8 @@ def train(
         **settings: :class:`TrainConfig` fields: ``steps`` (required unless ``train_config`` is given),
             ``out``, ``batch_size``, ``lr``, ``weight_decay``, ``betas``, ``warmup``, ``schedule``,
             ``min_lr_ratio``, ``grad_clip``, ``ema_decay``, ``ema_warmup``, ``log_every``, ``ckpt_every``,
-            ``keep``, ``seed``, ``resume``, ``progress``, ``device``, ``threads``.
+            ``keep``, ``seed``, ``resume``, ``progress``, ``device``, ``threads``, ``precision``,
+            ``compile``, ``channels_last``, ``tf32``.
 
     Returns:
         The :class:`Run`, holding the trained model (raw weights) and its EMA.
