@@ -230,6 +230,13 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+def _unit_images(arr: np.ndarray, config: dict) -> np.ndarray:
+    """Integer images of a run with ``levels`` grey levels as floats in [-1, 1] (what a PNG grid shows)."""
+    if arr.ndim != 4 or not config.get("levels"):
+        return arr
+    return arr.astype(np.float32) * (2.0 / (int(config["levels"]) - 1)) - 1.0
+
+
 def _sample(a: argparse.Namespace) -> int:
     from flowforge.recipes import read_config, sample
 
@@ -255,10 +262,9 @@ def _sample(a: argparse.Namespace) -> int:
         np.save(tmp, arr)
         tmp.replace(out)
     else:
-        title = ", ".join(
-            [f"{read_config(a.run)['recipe']}: {a.n} samples", *(f"{k} {v}" for k, v in options.items())]
-        )
-        _plot(arr, out, title)
+        config = read_config(a.run)
+        title = ", ".join([f"{config['recipe']}: {a.n} samples", *(f"{k} {v}" for k, v in options.items())])
+        _plot(_unit_images(arr, config), out, title)
     print(f"wrote {a.n} samples to {out}")
     return 0
 
@@ -348,8 +354,9 @@ def _inpaint(a: argparse.Namespace) -> int:
         tmp.replace(out)
     else:
         from flowforge.data.png import save_image_grid
+        from flowforge.recipes import read_config
 
-        save_image_grid(arr, out)
+        save_image_grid(_unit_images(arr, read_config(a.run)), out)
     print(f"wrote {len(arr)} inpainted image{'s' if len(arr) > 1 else ''} to {out}")
     return 0
 

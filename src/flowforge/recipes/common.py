@@ -6,7 +6,9 @@ and :mod:`~flowforge.recipes.boltzmann` build their hooks from these.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ __all__ = [
     "check_points",
     "sample_metrics",
     "nll_of",
+    "sample_grid_monitor",
 ]
 
 #: Metrics that compare model samples with data points.
@@ -110,3 +113,45 @@ def nll_of(gen: Any, x: Tensor, *, seed: int, points: int = 2000) -> float:
     check_points(x, gen.dim)
     pts = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:points]]
     return float(nll(gen, pts.float()))
+
+
+def sample_grid_monitor(config: dict[str, Any], run_dir: Path) -> Any:
+    """The ``monitor`` hook of image recipes: every ``sample_every`` steps (and at the last step) write a
+    grid of 64 samples of the EMA weights to ``run_dir/samples/step_XXXXXXX.png``.
+
+    Samples come from a copy of the model and a fixed ``torch.Generator`` (seed 0), so the grids of two
+    steps are comparable and the training trajectory is untouched.
+    """
+    from flowforge.data.png import save_image_grid
+    from flowforge.recipes.registry import get_recipe
+
+    every = int(config.get("sample_every", 0))
+    if every <= 0:
+        return None
+    recipe = get_recipe(config["recipe"])
+    levels = int(config.get("levels", 256))
+    shadow: list[nn.Module] = []
+
+    def callback(step: int, trainer: Any) -> None:
+        last = step == trainer.train_config.steps
+        if (step % every and not last) or not trainer.dist.is_main:
+            return
+        if not shadow:
+            shadow.append(copy.deepcopy(trainer.model))
+        model = shadow[0]
+        (
+            trainer.ema.copy_to
+            if trainer.ema is not None
+            else lambda m: m.load_state_dict(trainer.model.state_dict())
+        )(model)
+        model.eval()
+        gen = recipe.generator(model, config)
+        with torch.no_grad():
+            x = gen.sample(
+                64, generator=torch.Generator().manual_seed(0), **recipe.sample_kwargs(config, {}, 64)
+            )
+        save_image_grid(
+            x.float() * (2.0 / (levels - 1)) - 1.0, Path(run_dir) / "samples" / f"step_{step:07d}.png", nrow=8
+        )
+
+    return callback

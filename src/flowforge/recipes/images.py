@@ -38,6 +38,7 @@ from flowforge.core.guidance import RAAG, ConstantGuidance, IntervalGuidance
 from flowforge.data import dequantize, load_array, load_digits, load_mnist, quantize
 from flowforge.data.semantic import SEG_CLASSES, semantic_agreement, semantic_map
 from flowforge.nn import DiT, MMDiT, UNet
+from flowforge.recipes.common import sample_grid_monitor
 from flowforge.recipes.flows2d import DISTANCES, PATHS, TIME_SAMPLERS
 from flowforge.recipes.registry import Recipe, register
 
@@ -488,6 +489,7 @@ def image_fm_recipe(
         metrics=IMAGE_METRICS,
         default_metrics=default_metrics,
         inpaint=image_fm_inpaint,
+        monitor=sample_grid_monitor,
         kind="image",
     )
 

@@ -20,6 +20,7 @@ from flowforge.core.choices import unknown_choice
 from flowforge.data import dequantize, quantize
 from flowforge.latent import KLAutoencoder, LatentModel, latent_stats
 from flowforge.normalizing import TARFlow
+from flowforge.recipes.common import sample_grid_monitor
 from flowforge.recipes.images import (
     N_CLASSES,
     ImageFlowGenerator,
@@ -305,6 +306,7 @@ register(
         evaluate=ae_evaluate,
         metrics=("recon", "fd"),
         eval_options=lambda config: ("data",),
+        monitor=sample_grid_monitor,
         kind="image",
     )
 )
@@ -363,6 +365,7 @@ register(
         load_data=load_images,
         evaluate=latent_evaluate,
         metrics=("fd", "acc", "pr"),
+        monitor=sample_grid_monitor,
         kind="image",
     )
 )
@@ -390,6 +393,7 @@ register(
         load_data=load_images,
         evaluate=latent_evaluate,
         metrics=("fd", "acc", "pr"),
+        monitor=sample_grid_monitor,
         kind="image",
     )
 )

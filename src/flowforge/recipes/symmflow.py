@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from flowforge.continuous import SymmFlow
 from flowforge.data import quantize
 from flowforge.nn import UNet
+from flowforge.recipes.common import sample_grid_monitor
 from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
     N_CLASSES,
@@ -145,6 +146,7 @@ def _symmflow_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recip
         load_data=load_images,
         evaluate=symmflow_evaluate,
         metrics=("fd", "acc", "pr", "cls_acc"),
+        monitor=sample_grid_monitor,
         kind="image",
     )
 
@@ -153,9 +155,9 @@ _SYMM = {
     **{k: v for k, v in IMAGE_FM_DEFAULTS.items() if k not in ("net", "patch", "width", "depth", "seg_size")},
     "label_dropout": 0.0,
     "code": "onehot",
-    "label_scale": 1.0,
+    "label_scale": 2.0,
     "label_noise": 0.0,
-    "image_weight": 0.9,
+    "image_weight": 0.7,
     "classify_steps": 1,
 }
 for _key in ("guidance", "guidance_schedule", "raag_alpha", "interval_lo", "interval_hi", "path", "gamma_a"):
