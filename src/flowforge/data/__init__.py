@@ -21,6 +21,7 @@ from flowforge.data.images import (
     load_mnist,
     quantize,
 )
+from flowforge.data.semantic import BACKGROUND, SEG_CLASSES, semantic_agreement, semantic_map, stroke_cells
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 
 __all__ = [
@@ -45,4 +46,9 @@ __all__ = [
     "load_mnist",
     "quantize",
     "toy2d",
+    "SEG_CLASSES",
+    "BACKGROUND",
+    "semantic_map",
+    "semantic_agreement",
+    "stroke_cells",
 ]
