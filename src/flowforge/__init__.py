@@ -27,6 +27,7 @@ _MODULES = {
     "continuous": "flowforge.continuous",
     "normalizing": "flowforge.normalizing",
     "gflownet": "flowforge.gflownet",
+    "latent": "flowforge.latent",
     "energies": "flowforge.data.energies",
     "mcmc": "flowforge.core.mcmc",
     "couplings": "flowforge.core.couplings",
@@ -47,6 +48,8 @@ _NAMES = {
     "Flow": "flowforge.normalizing",
     "TARFlow": "flowforge.normalizing",
     "NSF": "flowforge.normalizing",
+    "LatentModel": "flowforge.latent",
+    "KLAutoencoder": "flowforge.latent",
     "Run": "flowforge.train",
     "train": "flowforge.train",
 }
