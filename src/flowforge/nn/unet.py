@@ -163,6 +163,11 @@ class UNet(nn.Module):
     image and the mask for inpainting) are concatenated to ``x``. The output convolution is
     zero-initialised, so a fresh network returns zeros.
 
+    The defaults (16 channels, mults ``(1, 2, 4)``, 2 blocks, attention at the lowest level: 1.0 M
+    parameters, 0.6 GFLOP forward + backward per 28x28 image) keep the full-resolution level thin,
+    where convolutions cost most; ``channels=32, mults=(1, 2, 2)`` is the wider ADM-at-MNIST
+    layout (1.7 M parameters, 1.7 GFLOP per image).
+
     Args:
         in_channels: image channels ``C``.
         out_channels: output channels (default ``in_channels``: a velocity).
@@ -187,8 +192,8 @@ class UNet(nn.Module):
         self,
         in_channels: int = 1,
         out_channels: int | None = None,
-        channels: int = 32,
-        mults: Sequence[int] = (1, 2, 2),
+        channels: int = 16,
+        mults: Sequence[int] = (1, 2, 4),
         blocks: int = 2,
         attention: Sequence[int] = (2,),
         heads: int = 4,
