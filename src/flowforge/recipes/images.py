@@ -469,125 +469,6 @@ def image_fm_evaluate(
     return out
 
 
-def image_fm_recipe(
-    name: str, summary: str, defaults: dict[str, Any], default_metrics: tuple[str, ...]
-) -> Recipe:
-    """A registered image flow recipe with this family's hooks."""
-    return Recipe(
-        name=name,
-        summary=summary,
-        defaults=defaults,
-        build=build_image_fm,
-        data=image_fm_data,
-        generator=image_fm_generator,
-        sample_options=image_fm_sample_options,
-        sample_kwargs=image_fm_sample_kwargs,
-        eval_options=image_fm_eval_options,
-        reference=image_reference,
-        load_data=load_images,
-        evaluate=image_fm_evaluate,
-        metrics=IMAGE_METRICS,
-        default_metrics=default_metrics,
-        inpaint=image_fm_inpaint,
-        monitor=sample_grid_monitor,
-        kind="image",
-    )
-
-
-#: What every image flow recipe shares (``flowforge train mnist --set key=value`` changes one).
-IMAGE_FM_DEFAULTS: dict[str, Any] = {
-    "dataset": "mnist",
-    "data_dir": "~/.cache/flowforge/mnist",
-    "download": True,
-    "task": "generate",
-    "net": "unet",
-    "channels": 32,
-    "mults": "1-2-2",
-    "blocks": 2,
-    "attention": "2",
-    "heads": 4,
-    "dropout": 0.0,
-    "patch": 4,
-    "width": 128,
-    "depth": 6,
-    "seg_size": 7,
-    "conditional": True,
-    "label_dropout": 0.1,
-    "path": "linear",
-    "gamma_a": 1.0,
-    "time": "uniform",
-    "time_shift": 1.0,
-    "prediction": "velocity",
-    "loss": "mse",
-    "steps": 6000,
-    "batch_size": 128,
-    "lr": 1e-3,
-    "warmup": 200,
-    "grad_clip": 1.0,
-    "ema_decay": 0.999,
-    "threads": 0,
-    "device": "",
-    "solver": "heun",
-    "sample_steps": 10,
-    "guidance": 1.0,
-    "guidance_schedule": "constant",
-    "raag_alpha": 12.0,
-    "interval_lo": 0.2,
-    "interval_hi": 0.8,
-    "eval_n": 5000,
-    "sample_every": 1000,
-}
-
-register(
-    image_fm_recipe(
-        "digits",
-        "class-conditional flow matching on sklearn's 8x8 digits (small UNet); no download, CPU minutes",
-        {
-            **IMAGE_FM_DEFAULTS,
-            "dataset": "digits",
-            "channels": 32,
-            "mults": "1-2",
-            "attention": "1",
-            "steps": 3000,
-            "eval_n": 2000,
-        },
-        ("fd", "acc", "pr"),
-    )
-)
-register(
-    image_fm_recipe(
-        "mnist",
-        "class-conditional flow matching on MNIST 28x28 (ADM-style UNet, label dropout for CFG)",
-        dict(IMAGE_FM_DEFAULTS),
-        ("fd", "acc", "pr"),
-    )
-)
-register(
-    image_fm_recipe(
-        "mnist-dit",
-        "class-conditional flow matching on MNIST with a DiT (patch 4, adaLN-zero)",
-        {**IMAGE_FM_DEFAULTS, "net": "dit", "width": 128, "depth": 6, "patch": 4},
-        ("fd", "acc", "pr"),
-    )
-)
-register(
-    image_fm_recipe(
-        "mnist-inpaint",
-        "MNIST inpainting flow (masked image + mask as extra UNet channels, random masks; LFM-style)",
-        {**IMAGE_FM_DEFAULTS, "task": "inpaint", "conditional": False},
-        ("known", "fill_acc"),
-    )
-)
-register(
-    image_fm_recipe(
-        "mnist-semantic",
-        "MNIST from a 7x7 semantic map (which digit owns each stroke cell) through an MM-DiT",
-        {**IMAGE_FM_DEFAULTS, "task": "semantic", "net": "mmdit", "width": 128, "depth": 4, "patch": 4},
-        ("fd", "acc", "iou"),
-    )
-)
-
-
 def image_fm_inpaint(
     model: nn.Module, config: dict[str, Any], image: Tensor, hole: Tensor, *, seed: int = 0, **options: Any
 ) -> Tensor:
@@ -622,3 +503,123 @@ def _requantize(x: Tensor, image: Tensor, mask: Tensor, levels: int) -> Tensor:
     """Generated pixels rounded to integers; kept pixels copied from the input bit for bit."""
     gen = quantize(x, levels)
     return torch.where(mask.bool().expand_as(image), image, gen)
+
+
+def image_fm_recipe(
+    name: str, summary: str, defaults: dict[str, Any], default_metrics: tuple[str, ...]
+) -> Recipe:
+    """A registered image flow recipe with this family's hooks."""
+    return Recipe(
+        name=name,
+        summary=summary,
+        defaults=defaults,
+        build=build_image_fm,
+        data=image_fm_data,
+        generator=image_fm_generator,
+        sample_options=image_fm_sample_options,
+        sample_kwargs=image_fm_sample_kwargs,
+        eval_options=image_fm_eval_options,
+        reference=image_reference,
+        load_data=load_images,
+        evaluate=image_fm_evaluate,
+        metrics=IMAGE_METRICS,
+        default_metrics=default_metrics,
+        inpaint=image_fm_inpaint,
+        monitor=sample_grid_monitor,
+        kind="image",
+    )
+
+
+#: What every image flow recipe shares (``flowforge train mnist --set key=value`` changes one).
+IMAGE_FM_DEFAULTS: dict[str, Any] = {
+    "dataset": "mnist",
+    "data_dir": "~/.cache/flowforge/mnist",
+    "download": True,
+    "task": "generate",
+    "net": "unet",
+    "channels": 16,
+    "mults": "1-2-4",
+    "blocks": 2,
+    "attention": "2",
+    "heads": 4,
+    "dropout": 0.0,
+    "patch": 4,
+    "width": 128,
+    "depth": 6,
+    "seg_size": 7,
+    "conditional": True,
+    "label_dropout": 0.1,
+    "path": "linear",
+    "gamma_a": 1.0,
+    "time": "uniform",
+    "time_shift": 1.0,
+    "prediction": "velocity",
+    "loss": "mse",
+    "steps": 4000,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "warmup": 200,
+    "grad_clip": 1.0,
+    "ema_decay": 0.999,
+    "threads": 0,
+    "device": "",
+    "solver": "heun",
+    "sample_steps": 10,
+    "guidance": 1.0,
+    "guidance_schedule": "constant",
+    "raag_alpha": 12.0,
+    "interval_lo": 0.2,
+    "interval_hi": 0.8,
+    "eval_n": 5000,
+    "sample_every": 1000,
+}
+
+register(
+    image_fm_recipe(
+        "digits",
+        "class-conditional flow matching on sklearn's 8x8 digits (small UNet); no download, CPU minutes",
+        {
+            **IMAGE_FM_DEFAULTS,
+            "dataset": "digits",
+            "channels": 32,
+            "mults": "1-2",
+            "attention": "1",
+            "steps": 1500,
+            "batch_size": 128,
+            "eval_n": 2000,
+        },
+        ("fd", "acc", "pr"),
+    )
+)
+register(
+    image_fm_recipe(
+        "mnist",
+        "class-conditional flow matching on MNIST 28x28 (ADM-style UNet, label dropout for CFG)",
+        dict(IMAGE_FM_DEFAULTS),
+        ("fd", "acc", "pr"),
+    )
+)
+register(
+    image_fm_recipe(
+        "mnist-dit",
+        "class-conditional flow matching on MNIST with a DiT (patch 4, adaLN-zero)",
+        {**IMAGE_FM_DEFAULTS, "net": "dit", "width": 96, "depth": 4, "patch": 4, "steps": 10_000},
+        ("fd", "acc", "pr"),
+    )
+)
+register(
+    image_fm_recipe(
+        "mnist-inpaint",
+        "MNIST inpainting flow (masked image + mask as extra UNet channels, random masks; LFM-style)",
+        {**IMAGE_FM_DEFAULTS, "task": "inpaint", "conditional": False},
+        ("known", "fill_acc"),
+    )
+)
+register(
+    image_fm_recipe(
+        "mnist-semantic",
+        "MNIST from a 7x7 semantic map (which digit owns each stroke cell) through an MM-DiT",
+        {**IMAGE_FM_DEFAULTS, "task": "semantic", "net": "mmdit", "width": 128, "depth": 4, "patch": 4},
+        ("fd", "acc", "iou"),
+    )
+)
