@@ -22,6 +22,7 @@ from flowforge.data.images import (
     quantize,
 )
 from flowforge.data.png import read_png, save_image_grid
+from flowforge.data.semantic import BACKGROUND, SEG_CLASSES, semantic_agreement, semantic_map, stroke_cells
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 
 __all__ = [
@@ -48,4 +49,9 @@ __all__ = [
     "read_png",
     "save_image_grid",
     "toy2d",
+    "SEG_CLASSES",
+    "BACKGROUND",
+    "semantic_map",
+    "semantic_agreement",
+    "stroke_cells",
 ]

@@ -1,14 +1,21 @@
 """Networks: every continuous-time network is called ``net(x, t, **cond)``; ``MADE`` is the masked
 conditioner of the normalizing-flow layers; ``PolicyMLP`` the GFlowNet policy."""
 
+from flowforge.nn.dit import DiT
 from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
+from flowforge.nn.mmdit import MMDiT, MMDiTBlock
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
 from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
+from flowforge.nn.unet import UNet
 
 __all__ = [
     "MLP",
+    "UNet",
+    "DiT",
+    "MMDiT",
+    "MMDiTBlock",
     "MADE",
     "FourierTime",
     "CausalTransformer",
