@@ -1,6 +1,7 @@
 """Networks: every continuous-time network is called ``net(x, t, **cond)``; ``MADE`` is the masked
 conditioner of the normalizing-flow layers; ``PolicyMLP`` the GFlowNet policy."""
 
+from flowforge.nn.classifier import SmallCNN
 from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
@@ -16,4 +17,5 @@ __all__ = [
     "StaticKVCache",
     "PolicyMLP",
     "shared_trunk_policies",
+    "SmallCNN",
 ]
