@@ -3,11 +3,22 @@
 Every metric returns a Python ``float``, computed in float64 without gradients. The one exception is
 :func:`sliced_wasserstein_loss`, a differentiable 0-dim tensor estimate of ``SW_p^p`` meant as a loss.
 
+Image metrics (:func:`image_metrics`: FD, precision/recall and accuracy in a shipped classifier's
+features; :func:`fid`: FID with user-supplied InceptionV3 weights) take float images in ``[-1, 1]``.
+
 Layer: ``metrics`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only; POT is imported
 lazily by :func:`wasserstein2`.
 """
 
 from flowforge.metrics.boltzmann import boltzmann_metrics, energy_w2, ess, log_z_error, wasserstein_1d
+from flowforge.metrics.frechet import frechet_distance, gaussian_stats, precision_recall, trace_sqrt_product
+from flowforge.metrics.image_features import (
+    classifier_features,
+    fitted_gaussian_samples,
+    image_metrics,
+    load_classifier,
+)
+from flowforge.metrics.inception import fid, inception_features
 from flowforge.metrics.kernels import energy_distance, mmd
 from flowforge.metrics.likelihood import bits_per_dim, nll
 from flowforge.metrics.ot import wasserstein2
@@ -26,4 +37,14 @@ __all__ = [
     "sliced_wasserstein",
     "sliced_wasserstein_loss",
     "wasserstein2",
+    "frechet_distance",
+    "gaussian_stats",
+    "precision_recall",
+    "trace_sqrt_product",
+    "classifier_features",
+    "fitted_gaussian_samples",
+    "image_metrics",
+    "load_classifier",
+    "fid",
+    "inception_features",
 ]

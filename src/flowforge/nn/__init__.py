@@ -1,6 +1,7 @@
 """Networks: every continuous-time network is called ``net(x, t, **cond)``; ``MADE`` is the masked
 conditioner of the normalizing-flow layers; ``PolicyMLP`` the GFlowNet policy."""
 
+from flowforge.nn.classifier import SmallCNN
 from flowforge.nn.dit import DiT
 from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.made import MADE
@@ -23,4 +24,5 @@ __all__ = [
     "StaticKVCache",
     "PolicyMLP",
     "shared_trunk_policies",
+    "SmallCNN",
 ]
