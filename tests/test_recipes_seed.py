@@ -52,6 +52,24 @@ EXTRA = {
     "lj13-bg": {"objective": "kl"},
     "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
 }
+#: image recipes shrink to sklearn's digits (no file needed) and a tiny network
+_TINY_IMAGES = {
+    "dataset": "digits",
+    "channels": 8,
+    "mults": "1-2",
+    "attention": "1",
+    "blocks": 1,
+    "patch": 2,
+    "seg_size": 4,
+    "sample_every": 0,
+    "ae_channels": "8-8",
+    "latent_channels": 2,
+}
+for _name, _recipe in RECIPES.items():
+    if _recipe.kind == "image" and not _name.endswith("-tarflow"):
+        EXTRA[_name] = {k: v for k, v in _TINY_IMAGES.items() if k in _recipe.defaults}
+#: recipes that build on an autoencoder run (trained once, tiny, by the ``tiny_ae`` fixture)
+NEEDS_AE = {name for name, r in RECIPES.items() if "ae_run" in r.defaults}
 SKIP = {
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
     **({} if ALDP.is_dir() else {"aldp-bg": f"alanine-dipeptide files not found at {ALDP}"}),
@@ -85,14 +103,24 @@ def _differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: s
     return [k for k in a if k.startswith(prefix) and not torch.equal(a[k], b[k])]
 
 
+@pytest.fixture(scope="module")
+def tiny_ae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ae") / "run"
+    train_recipe("mnist-ae", overrides=_overrides("mnist-ae"), out=out, seed=0, progress=False)
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch):
+def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch, request):
     if name in SKIP:
         pytest.skip(SKIP[name])
     monkeypatch.setenv("FLOWFORGE_CACHE", str(tmp_path.parent.parent / "flowforge-cache"))
+    overrides = _overrides(name)
+    if name in NEEDS_AE:
+        overrides["ae_run"] = str(request.getfixturevalue("tiny_ae"))
     runs = {}
     for tag, seed in (("a", 3), ("b", 3), ("c", 4)):
-        train_recipe(name, overrides=_overrides(name), out=tmp_path / tag, seed=seed, progress=False)
+        train_recipe(name, overrides=overrides, out=tmp_path / tag, seed=seed, progress=False)
         runs[tag] = _final_tensors(tmp_path / tag)
     assert _differing(runs["a"], runs["b"]) == [], (
         "the same recipe, config and seed must give the same tensors"

@@ -169,7 +169,7 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     s = image_set(config, "train")
     x, y, levels = s.x, s.y, s.levels
     task = _task(config)
-    seg = semantic_map(x, y) if task == "semantic" else None
+    seg = semantic_map(x, y, int(config["seg_size"]), levels=levels) if task == "semantic" else None
 
     def stream(batch_size: int, generator: torch.Generator) -> Any:
         idx = torch.randint(0, len(x), (batch_size,), generator=generator)
@@ -215,7 +215,8 @@ class ImageFlowGenerator:
         guide = schedule if schedule is not None else guidance
         if guide is not None and not cond:
             raise ValueError("guidance needs a condition: pass --label C (or cond={'y': labels})")
-        gen = self.fm.generator(guide, key=self.key) if guide is not None else self.fm.generator()
+        null = getattr(self.fm.net, "null_seg", None) if self.key == "seg" else None
+        gen = self.fm.generator(guide, key=self.key, null=null) if guide is not None else self.fm.generator()
         calls = [0]
         field = gen.field
 
@@ -277,7 +278,7 @@ def _test_maps(config: dict[str, Any], n: int, label: int | None) -> tuple[Tenso
         keep = y == int(label)
         x, y = x[keep], y[keep]
     idx = torch.arange(n) % len(x)
-    return semantic_map(x[idx], y[idx]), y[idx]
+    return semantic_map(x[idx], y[idx], int(config["seg_size"]), levels=s.levels), y[idx]
 
 
 def image_fm_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
