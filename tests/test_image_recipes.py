@@ -63,14 +63,27 @@ def test_eval_reports_image_metrics_and_what_it_sampled_with(digits_run):
 
 
 def test_cli_sample_png_grid_and_bad_guidance_schedule(digits_run, tmp_path, capsys):
-    assert main(["sample", str(digits_run), "--n", "16", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert (
+        main(["sample", str(digits_run), "--n", "16", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    )
     assert read_png(tmp_path / "g.png").max() > 0
     code = main(
-        ["sample", str(digits_run), "--n", "4", "--out", str(tmp_path / "s.npy"), "--guidance-schedule", "raa"]
+        [
+            "sample",
+            str(digits_run),
+            "--n",
+            "4",
+            "--out",
+            str(tmp_path / "s.npy"),
+            "--guidance-schedule",
+            "raa",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2 and "raag" in err and "guidance schedule" in err
-    assert main(["sample", str(digits_run), "--n", "4", "--out", str(tmp_path / "s.npy"), "--label", "12"]) == 2
+    assert (
+        main(["sample", str(digits_run), "--n", "4", "--out", str(tmp_path / "s.npy"), "--label", "12"]) == 2
+    )
     assert "0..9" in capsys.readouterr().err
 
 
@@ -124,7 +137,9 @@ def test_latent_runs_build_on_an_autoencoder_run(tmp_path):
     assert x.shape == (6, 1, 8, 8) and x.dtype == torch.uint8
     res = evaluate(lat, n_samples=20, steps=2, metrics=["fd", "acc"])
     assert res["nfe"] == 4 and res["fd"] > 0
-    star = _train("mnist-latent-starflow", tmp_path / "star", ae_run=str(ae), width=16, layers="1", head_dim=8)
+    star = _train(
+        "mnist-latent-starflow", tmp_path / "star", ae_run=str(ae), width=16, layers="1", head_dim=8
+    )
     assert sample(star, 4, label=2).shape == (4, 1, 8, 8)
     # the latent run carries the autoencoder: it samples after the autoencoder run is gone
     import shutil
