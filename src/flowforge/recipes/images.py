@@ -556,7 +556,7 @@ IMAGE_FM_DEFAULTS: dict[str, Any] = {
     "time_shift": 1.0,
     "prediction": "velocity",
     "loss": "mse",
-    "steps": 4000,
+    "steps": 2000,
     "batch_size": 64,
     "lr": 1e-3,
     "warmup": 200,

@@ -1,0 +1,206 @@
+"""Image benchmarks of issue 10: FD in our classifier's features against two references, FD against NFE
+per solver (pixel and latent runs, with the time per image), RAAG against constant CFG at few steps,
+inpainting, SymmFlow against a classifier and a conditional flow of the same budget, semantic maps.
+
+Every figure comes from trained run folders (``flowforge train ...``, commands in BENCHMARKS.md); each
+part prints a table and appends JSON lines to ``--json``.
+
+    python benchmarks/images.py refs --data-dir ../shared/data/mnist
+    python benchmarks/images.py nfe runs/mnist runs/latent --n 2000
+    python benchmarks/images.py guidance runs/mnist --n 2000
+    python benchmarks/images.py inpaint runs/inpaint --n 1000
+    python benchmarks/images.py symmflow runs/symmflow runs/mnist1200 --steps 1200
+    python benchmarks/images.py run runs/semantic --n 2000 [--guidance 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from flowforge.core.guidance import RAAG
+from flowforge.data import load_mnist
+from flowforge.metrics.image_features import fitted_gaussian_samples, image_metrics
+from flowforge.recipes import evaluate, generator, read_config
+
+
+def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], title: str) -> None:
+    print(f"\n## {title}")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "a") as f:
+            for r in rows:
+                f.write(json.dumps({"part": title, **r}) + "\n")
+
+
+def refs(args: argparse.Namespace) -> None:
+    """FD references at the benchmark's sample size: train vs test (the floor) and a fitted Gaussian."""
+    tr, te = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
+    unit = lambda x: x.float() * (2 / 255) - 1  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    test = unit(te.x)
+    rows = []
+    for n in (args.n, 10_000):
+        idx = torch.randperm(len(tr.x), generator=g)[:n]
+        real = image_metrics(unit(tr.x[idx]), test, dataset="mnist", metrics=("fd", "pr"))
+        gauss = fitted_gaussian_samples(unit(tr.x), n, generator=g)
+        fake = image_metrics(gauss, test, dataset="mnist", metrics=("fd", "pr"))
+        rows.append({"n": n, "reference": "train images (i.i.d. control)", **real})
+        rows.append({"n": n, "reference": "Gaussian fitted to train pixels", **fake})
+    _emit(args, rows, "MNIST references (vs the 10k test images)")
+
+
+def _timed_eval(run: str, n: int, **opts: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = evaluate(run, n_samples=n, seed=0, metrics=["fd", "acc"], **opts)
+    res["s_per_image"] = (time.perf_counter() - t0) / n
+    return res
+
+
+def nfe(args: argparse.Namespace) -> None:
+    """FD and accuracy against NFE for Euler, Heun, the pseudo-corrector (turbo) and Dopri5."""
+    rows = []
+    grid = [("euler", 4), ("euler", 8), ("euler", 16), ("heun", 2), ("heun", 4), ("heun", 8)]
+    grid += [("turbo", 4), ("turbo", 8), ("turbo", 16), ("dopri5", 1)]
+    for solver, steps in grid:
+        for run in args.runs:  # interleaved, so machine load hits every run alike
+            res = _timed_eval(run, args.n, solver=solver, steps=steps)
+            rows.append(
+                {
+                    "run": read_config(run)["recipe"],
+                    "solver": solver,
+                    "steps": steps,
+                    "nfe": res["nfe"],
+                    "fd": res["fd"],
+                    "acc": res["acc"],
+                    "ms_per_image": 1000 * res["s_per_image"],
+                }
+            )
+            print(rows[-1], flush=True)
+    _emit(args, rows, "FD against NFE")
+
+
+def guidance(args: argparse.Namespace) -> None:
+    """RAAG against constant CFG at 2, 4 and 8 Euler steps: accuracy and FD."""
+    rows = []
+    for steps in (2, 4, 8):
+        settings = [("none", 1.0), *[("constant", w) for w in args.cfg], *[("raag", w) for w in args.raag]]
+        for name, w in settings:
+            opts = {"solver": "euler", "steps": steps}
+            if name != "none":
+                opts.update(guidance=w, guidance_schedule=name)
+            res = _timed_eval(args.runs[0], args.n, **opts)
+            rows.append({"steps": steps, "schedule": name, "w": w, "fd": res["fd"], "acc": res["acc"]})
+            print(rows[-1], flush=True)
+    _emit(args, rows, f"RAAG vs constant CFG (alpha={RAAG().alpha}, Euler)")
+
+
+def inpaint(args: argparse.Namespace) -> None:
+    """Inpainting of 50% holes (a random side of each of ``n`` test images)."""
+    rows = []
+    for steps in (4, 10):
+        res = evaluate(args.runs[0], n_samples=args.n, seed=0, metrics=["known", "fill_acc"], steps=steps)
+        rows.append({"steps": steps, **res})
+    _emit(args, rows, "Inpainting 50% holes (MNIST test images)")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    """Any run's default metrics (optionally with guidance)."""
+    rows = []
+    for run in args.runs:
+        opts: dict[str, Any] = {}
+        if args.guidance is not None:
+            opts["guidance"] = args.guidance
+        if args.steps_sample:
+            opts["steps"] = args.steps_sample
+        res = evaluate(run, n_samples=args.n, seed=0, **opts)
+        rows.append({"run": read_config(run)["recipe"], **res})
+    _emit(args, rows, "runs")
+
+
+def symmflow(args: argparse.Namespace) -> None:
+    """SymmFlow's one-step classification beside a classifier trained directly for the same steps and
+    batches, and its generations beside a conditional flow-matching UNet of the same budget."""
+    from flowforge.data import dequantize
+    from flowforge.nn import SmallCNN
+
+    sym, fm = args.runs
+    cfg = read_config(sym)
+    res = evaluate(sym, n_samples=args.n, seed=0)
+    base = evaluate(fm, n_samples=args.n, seed=0, metrics=["fd", "acc"])
+    n_sym = sum(p.numel() for p in generator(sym).flow.net.parameters())
+    # a plain CNN classifier of about the same size, same steps, batch and optimizer
+    tr, te = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
+    torch.manual_seed(0)
+    clf = SmallCNN(width=args.clf_width, feature_dim=256)
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(args.steps):
+        idx = torch.randint(0, len(tr.x), (int(cfg["batch_size"]),), generator=g)
+        loss = torch.nn.functional.cross_entropy(clf(dequantize(tr.x[idx], 256, generator=g)), tr.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    clf.eval()
+    with torch.no_grad():
+        pred = torch.cat([clf(c.float() * (2 / 255) - 1).argmax(1) for c in te.x.split(1000)])
+    rows = [
+        {
+            "model": "SymmFlow UNet",
+            "params": n_sym,
+            "cls_acc (1 step)": res["cls_acc"],
+            "fd": res["fd"],
+            "acc": res["acc"],
+        },
+        {
+            "model": "conditional FM UNet (same budget)",
+            "params": sum(p.numel() for p in generator(fm).fm.net.parameters()),
+            "fd": base["fd"],
+            "acc": base["acc"],
+        },
+        {
+            "model": f"CNN classifier (width {args.clf_width}, same steps)",
+            "params": sum(p.numel() for p in clf.parameters()),
+            "cls_acc (1 step)": float((pred == te.y).float().mean()),
+        },
+    ]
+    _emit(args, rows, f"SymmFlow vs separate models ({args.steps} steps, batch {cfg['batch_size']})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=["refs", "nfe", "guidance", "inpaint", "symmflow", "run"])
+    p.add_argument("runs", nargs="*")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--json", default="")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cfg", type=float, nargs="*", default=[2.0, 4.0])
+    p.add_argument("--raag", type=float, nargs="*", default=[4.0, 8.0])
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--steps-sample", type=int)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--clf-width", type=int, default=48)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    {
+        "refs": refs,
+        "nfe": nfe,
+        "guidance": guidance,
+        "inpaint": inpaint,
+        "symmflow": symmflow,
+        "run": run_eval,
+    }[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
