@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--metrics",
-        help="comma-separated: swd,w2,mmd,energy,nll (flows), nll,bpd (images), ess,logz,nll (*-bg); "
+        help="comma-separated: swd,w2,mmd,energy,nll (flows); fd,acc,pr (image flows; inpainting: "
+        "known,fill_acc; semantic: iou; SymmFlow: cls_acc); nll,bpd (TARFlow images); ess,logz,nll (*-bg); "
         "default: the recipe's",
     )
     e.add_argument(

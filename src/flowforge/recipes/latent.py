@@ -50,6 +50,7 @@ def build_autoencoder(config: dict[str, Any]) -> KLAutoencoder:
         channels=tuple(int(v) for v in str(config["ae_channels"]).split("-")),
         kl_weight=config["kl_weight"],
         recon=config["recon"],
+        res_blocks=1,
     )
 
 
@@ -289,11 +290,11 @@ register(
         defaults={
             **_COMMON,
             "latent_channels": 4,
-            "ae_channels": "32-64",
+            "ae_channels": "16-32",
             "kl_weight": 1e-4,
             "recon": "l1",
-            "steps": 4000,
-            "batch_size": 128,
+            "steps": 1500,
+            "batch_size": 64,
             "lr": 1e-3,
             "warmup": 100,
         },
