@@ -151,7 +151,10 @@ def sample_grid_monitor(config: dict[str, Any], run_dir: Path) -> Any:
                 64, generator=torch.Generator().manual_seed(0), **recipe.sample_kwargs(config, {}, 64)
             )
         save_image_grid(
-            x.float() * (2.0 / (levels - 1)) - 1.0, Path(run_dir) / "samples" / f"step_{step:07d}.png", nrow=8, scale=max(1, 64 // x.shape[-1])
+            x.float() * (2.0 / (levels - 1)) - 1.0,
+            Path(run_dir) / "samples" / f"step_{step:07d}.png",
+            nrow=8,
+            scale=max(1, 64 // x.shape[-1]),
         )
 
     return callback

@@ -52,6 +52,7 @@ __all__ = [
     "build_image_fm",
     "image_fm_data",
     "image_metrics_of",
+    "sample_in_chunks",
 ]
 
 #: Classes of the image datasets (digits and MNIST: 0..9); label ``N_CLASSES`` is the null label.
@@ -403,6 +404,22 @@ def _inpaint_eval(
     }
 
 
+def sample_in_chunks(
+    gen: Any,
+    n: int,
+    cond: dict[str, Tensor] | None,
+    generator: torch.Generator,
+    chunk: int = 500,
+    **kwargs: Any,
+) -> Tensor:
+    """``n`` samples of ``gen`` in chunks of ``chunk`` (conditions sliced alike), one random stream."""
+    parts = []
+    for i in range(0, n, chunk):
+        c = None if cond is None else {k: v[i : i + chunk] for k, v in cond.items()}
+        parts.append(gen.sample(min(chunk, n - i), cond=c, generator=generator, **kwargs))
+    return torch.cat(parts)
+
+
 def image_fm_evaluate(
     model: nn.Module,
     config: dict[str, Any],
@@ -438,11 +455,7 @@ def image_fm_evaluate(
         raise ValueError("iou scores semantic-map runs (mnist-semantic)")
     g = torch.Generator().manual_seed(seed)
     cond = kwargs.pop("cond", None)
-    parts = []
-    for i in range(0, n, 500):
-        c = None if cond is None else {k: v[i : i + 500] for k, v in cond.items()}
-        parts.append(gen.sample(min(500, n - i), cond=c, generator=g, **kwargs))
-    x = torch.cat(parts)
+    x = sample_in_chunks(gen, n, cond, g, **kwargs)
     labels = None
     if task == "semantic":
         seg = cond["seg"]

@@ -32,6 +32,7 @@ from flowforge.recipes.images import (
     image_reference,
     image_set,
     load_images,
+    sample_in_chunks,
     to_unit,
 )
 from flowforge.recipes.registry import Recipe, register
@@ -260,11 +261,7 @@ def latent_evaluate(
     kwargs = latent_sample_kwargs(config, options, n)
     cond = kwargs.pop("cond", None)
     g = torch.Generator().manual_seed(seed)
-    parts = []
-    for i in range(0, n, 500):
-        c = None if cond is None else {k: v[i : i + 500] for k, v in cond.items()}
-        parts.append(gen.sample(min(500, n - i), cond=c, generator=g, **kwargs))
-    x = torch.cat(parts)
+    x = sample_in_chunks(gen, n, cond, g, **kwargs)
     ref = check_images(data(), config)
     labels = cond["y"] if cond is not None and "acc" in metrics else None
     out = image_metrics_of(x, ref, config, metrics, labels=labels)
@@ -324,11 +321,32 @@ _LATENT = {
     "eval_n": 5000,
 }
 
+
+def _latent_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recipe:
+    return Recipe(
+        name=name,
+        summary=summary,
+        defaults=defaults,
+        build=build_latent,
+        data=latent_data,
+        generator=latent_generator,
+        sample_options=latent_sample_options,
+        sample_kwargs=latent_sample_kwargs,
+        eval_options=latent_eval_options,
+        reference=image_reference,
+        load_data=load_images,
+        evaluate=latent_evaluate,
+        metrics=("fd", "acc", "pr"),
+        monitor=sample_grid_monitor,
+        kind="image",
+    )
+
+
 register(
-    Recipe(
-        name="mnist-latent",
-        summary="class-conditional flow matching on mnist-ae latents (DiT, patch 1 on 4x7x7; LFM-style)",
-        defaults={
+    _latent_recipe(
+        "mnist-latent",
+        "class-conditional flow matching on mnist-ae latents (DiT, patch 1 on 4x7x7; LFM-style)",
+        {
             **_LATENT,
             "inner": "fm",
             "net": "dit",
@@ -356,25 +374,13 @@ register(
             "interval_lo": 0.2,
             "interval_hi": 0.8,
         },
-        build=build_latent,
-        data=latent_data,
-        generator=latent_generator,
-        sample_options=latent_sample_options,
-        sample_kwargs=latent_sample_kwargs,
-        eval_options=latent_eval_options,
-        reference=image_reference,
-        load_data=load_images,
-        evaluate=latent_evaluate,
-        metrics=("fd", "acc", "pr"),
-        monitor=sample_grid_monitor,
-        kind="image",
     )
 )
 register(
-    Recipe(
-        name="mnist-latent-starflow",
-        summary="latent STARFlow: a class-conditional TARFlow on mnist-ae latents (49 tokens, deep-shallow)",
-        defaults={
+    _latent_recipe(
+        "mnist-latent-starflow",
+        "latent STARFlow: a class-conditional TARFlow on mnist-ae latents (49 tokens, deep-shallow)",
+        {
             **_LATENT,
             "inner": "tarflow",
             "patch": 1,
@@ -384,17 +390,5 @@ register(
             "head_dim": 32,
             "noise_std": 0.05,
         },
-        build=build_latent,
-        data=latent_data,
-        generator=latent_generator,
-        sample_options=latent_sample_options,
-        sample_kwargs=latent_sample_kwargs,
-        eval_options=latent_eval_options,
-        reference=image_reference,
-        load_data=load_images,
-        evaluate=latent_evaluate,
-        metrics=("fd", "acc", "pr"),
-        monitor=sample_grid_monitor,
-        kind="image",
     )
 )

@@ -19,19 +19,18 @@ Example:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from flowforge.core.choices import unknown_choice
-from flowforge.data import dequantization_log_det, dequantize, load_array, load_digits, load_mnist, quantize
+from flowforge.data import dequantization_log_det, dequantize, quantize
 from flowforge.metrics import bits_per_dim
 from flowforge.normalizing import MAF, NSF, RealNVP, TARFlow
 from flowforge.recipes.common import SAMPLE_METRICS, data_space_generator, nll_of, sample_metrics
 from flowforge.recipes.flows2d import flow_data, toy_reference
+from flowforge.recipes.images import N_CLASSES, check_images, image_set, load_images
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = [
@@ -199,18 +198,6 @@ register(
 # -- images --------------------------------------------------------------------------------------
 
 
-def _images(config: dict[str, Any], split: str):
-    if config["dataset"] == "digits":
-        return load_digits(split)
-    if config["dataset"] == "mnist":
-        return load_mnist(Path(config["data_dir"]).expanduser(), split, download=config["download"])
-    raise unknown_choice("image dataset", config["dataset"], ["digits", "mnist"])
-
-
-#: Classes of the image datasets (digits and MNIST: 0..9), the labels of class-conditional runs.
-N_CLASSES = 10
-
-
 def build_image_flow(config: dict[str, Any]) -> TARFlow:
     """A TARFlow on ``(C, H, W)`` images from a flat config."""
     # one depth for every block, or STARFlow's deep-shallow layout from the CLI: --set layers=2-2-2-8
@@ -234,7 +221,7 @@ def build_image_flow(config: dict[str, Any]) -> TARFlow:
 
 def image_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """An endless stream of freshly dequantised training images (with labels if ``conditional``)."""
-    s = _images(config, "train")
+    s = image_set(config, "train")
     x, y, levels = s.x, s.y, s.levels
 
     def stream(batch_size: int, generator: torch.Generator) -> Any:
@@ -252,7 +239,7 @@ def image_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 def image_reference(config: dict[str, Any], n: int, seed: int) -> Tensor:
     """The recipe's test images, ``(N, C, H, W)`` integers (all of them: ``n`` is ignored)."""
-    return _images(config, "test").x
+    return image_set(config, "test").x
 
 
 class ImageGenerator:
@@ -270,25 +257,6 @@ class ImageGenerator:
         """Dequantised log-density on the pixel scale, ``(B,)``: a lower bound of ``log P(x)``."""
         y = dequantize(x, self.levels, generator=generator)
         return self.flow.log_prob(y, **cond) + dequantization_log_det(self.dim, self.levels)
-
-
-def _as_images(x: Tensor, config: dict[str, Any]) -> Tensor:
-    shape, levels = tuple(config["image_shape"]), int(config["levels"])
-    if x.dim() == 2 and x.shape[1] == math.prod(shape):
-        x = x.reshape(len(x), *shape)
-    elif x.dim() == 3 and shape[0] == 1:
-        x = x.unsqueeze(1)
-    if tuple(x.shape[1:]) != shape:
-        raise ValueError(
-            f"images of shape {tuple(x.shape)} do not match the run's {shape}; give (N, {shape})"
-        )
-    xf = x.double()
-    if not torch.equal(xf, xf.round()) or xf.min() < 0 or xf.max() > levels - 1:
-        raise ValueError(
-            f"eval images must be integers in [0, {levels - 1}] (the raw pixels); got values in "
-            f"[{float(xf.min()):g}, {float(xf.max()):g}]"
-        )
-    return x.to(torch.uint8)
 
 
 def image_generator(model: nn.Module, config: dict[str, Any]) -> ImageGenerator:
@@ -319,13 +287,6 @@ def image_eval_options(config: dict[str, Any]) -> tuple[str, ...]:
     return ("data",)
 
 
-def load_images(path: str, config: dict[str, Any]) -> Tensor:
-    """Images for ``eval --data``: a ``.npy`` as ``flowforge sample`` writes it, ``(N, C, H, W)``, or any array."""
-    if str(path).endswith(".npy"):
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-    return load_array(path)
-
-
 def image_evaluate(
     model: nn.Module, config: dict[str, Any], data: Any, metrics: list[str], *, seed: int = 0, **_: Any
 ) -> dict[str, float]:
@@ -334,7 +295,7 @@ def image_evaluate(
     A class-conditional run is scored with the null label, i.e. as the unconditional model that its
     label dropout trains (``p(x)``, comparable with unconditional runs), not as ``p(x | y)``.
     """
-    x = _as_images(data(), config)
+    x = check_images(data(), config)
     gen = image_generator(model, config)
     g = torch.Generator().manual_seed(seed)
     total = 0.0
