@@ -128,8 +128,18 @@ class PreDrawnFlowMatching(FlowMatching):
 
 
 def check_predrawn(fm: FlowMatching, pre: PreDrawnFlowMatching, x1: Tensor, y: Tensor) -> None:
-    """``pre.loss`` equals ``fm.loss`` bit for bit when given the numbers ``fm.loss`` draws."""
+    """``pre.loss`` equals ``fm.loss`` bit for bit when given the numbers ``fm.loss`` draws.
+
+    Checked on a perturbed copy of the network: the UNet's zero-initialised layers would otherwise hide
+    the labels (and so a wrong dropout mask) from the loss.
+    """
     with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        fm, pre = copy.deepcopy(fm), copy.deepcopy(pre)
+        with torch.no_grad():
+            for p in fm.net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        pre.net = fm.net
         torch.manual_seed(1234)
         ref = fm.loss((x1, y))
         torch.manual_seed(1234)  # FlowMatching.loss draws x0, then t (Uniform), then the dropout uniforms
