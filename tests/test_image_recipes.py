@@ -96,7 +96,8 @@ def test_unconditional_runs_refuse_labels_and_guidance(tmp_path, capsys):
 
 
 def test_inpainting_keeps_the_known_pixels_exactly(tmp_path, capsys):
-    run = _train("mnist-inpaint", tmp_path / "inp", steps=3)
+    run = _train("mnist-inpaint", tmp_path / "inp", steps=3, sample_every=2)
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000002.png", "step_0000003.png"]
     img = load_digits("test").x[:3]
     hole = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
     hole[:, :, :, 4:] = True

@@ -117,7 +117,8 @@ def nll_of(gen: Any, x: Tensor, *, seed: int, points: int = 2000) -> float:
 
 def sample_grid_monitor(config: dict[str, Any], run_dir: Path) -> Any:
     """The ``monitor`` hook of image recipes: every ``sample_every`` steps (and at the last step) write a
-    grid of 64 samples of the EMA weights to ``run_dir/samples/step_XXXXXXX.png``.
+    grid of 64 samples of the EMA weights to ``run_dir/samples/step_XXXXXXX.png`` (inpainting recipes:
+    64 test images with their right half filled in).
 
     Samples come from a copy of the model and a fixed ``torch.Generator`` (seed 0), so the grids of two
     steps are comparable and the training trajectory is untouched.
@@ -145,11 +146,19 @@ def sample_grid_monitor(config: dict[str, Any], run_dir: Path) -> Any:
             else lambda m: m.load_state_dict(trainer.model.state_dict())
         )(model)
         model.eval()
-        gen = recipe.generator(model, config)
         with torch.no_grad():
-            x = gen.sample(
-                64, generator=torch.Generator().manual_seed(0), **recipe.sample_kwargs(config, {}, 64)
-            )
+            if (
+                recipe.inpaint is not None and recipe.reference is not None
+            ):  # fill the right half of test images
+                x = recipe.reference(config, 64, 0)[:64]
+                hole = torch.zeros(len(x), 1, *x.shape[-2:], dtype=torch.bool)
+                hole[..., x.shape[-1] // 2 :] = True
+                x = recipe.inpaint(model, config, x, hole, seed=0)
+            else:
+                kwargs = recipe.sample_kwargs(config, {}, 64)
+                x = recipe.generator(model, config).sample(
+                    64, generator=torch.Generator().manual_seed(0), **kwargs
+                )
         save_image_grid(
             x.float() * (2.0 / (levels - 1)) - 1.0,
             Path(run_dir) / "samples" / f"step_{step:07d}.png",

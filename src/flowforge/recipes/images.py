@@ -538,7 +538,7 @@ def image_fm_recipe(
         evaluate=image_fm_evaluate,
         metrics=IMAGE_METRICS,
         default_metrics=default_metrics,
-        inpaint=image_fm_inpaint,
+        inpaint=image_fm_inpaint if defaults.get("task") == "inpaint" else None,
         monitor=sample_grid_monitor,
         kind="image",
     )
