@@ -49,7 +49,7 @@ def refs(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(0)
     test = unit(te.x)
     rows = []
-    for n in (args.n, 10_000):
+    for n in sorted({args.n, 1000, 10_000}):
         idx = torch.randperm(len(tr.x), generator=g)[:n]
         real = image_metrics(unit(tr.x[idx]), test, dataset="mnist", metrics=("fd", "pr"))
         gauss = fitted_gaussian_samples(unit(tr.x), n, generator=g)
