@@ -111,7 +111,7 @@ def test_ae_shapes(size, latent):
 
 def test_ae_default_is_mnist_kl_f4():
     ae = KLAutoencoder()
-    assert ae.latent_shape == (4, 7, 7) and ae.downsample == 4 and ae.channels == (32, 64)
+    assert ae.latent_shape == (4, 7, 7) and ae.downsample == 4 and ae.channels == (16, 32)
 
 
 def test_ae_bad_inputs_say_what_to_write():

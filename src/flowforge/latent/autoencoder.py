@@ -16,8 +16,8 @@ pixels ``D = C H W``, is
 
 averaged over the batch (``recon="mse"`` puts the squared error in place of the L1 distance). L1 is the
 default: LDM trains its autoencoders with L1 (plus perceptual and adversarial terms that a 28x28 toy
-does without), and on MNIST it gives sharper strokes than MSE, whose optimum under uncertainty is the
-blurry mean; the measured numbers are in :data:`KLAutoencoder`'s docstring. A small
+does without); MSE's optimum under uncertainty is the blurry mean, and on MNIST L1 training even gives
+the lower test squared error (8.4e-3 against 8.7e-3 after 600 steps of the defaults). A small
 :math:`\beta` (as in LDM, where it is 1e-6 on the per-image sum) keeps the latents close to
 deterministic and of bounded scale; :func:`flowforge.latent.latent_stats` then standardises them for
 the flow.
@@ -97,8 +97,11 @@ class KLAutoencoder(nn.Module):
     and decoder. The decoder's output is linear (no tanh: its saturation slows learning of the
     ``-1`` background); :meth:`decode` clamps it to ``[-1, 1]``, the loss sees it unclamped.
 
-    Measured on MNIST (``-1``/``+1`` images, 2 CPU threads shared; see the report of issue 10):
-    the defaults reach a test reconstruction MSE of about 4e-3 in 3 minutes.
+    Measured on MNIST (batch 64, Adam at 1e-3, one CPU thread): the defaults (153k parameters) take
+    0.14 CPU-seconds a step and reach a test reconstruction MSE of 4.4e-3 on the ``[-1, 1]`` scale
+    after 1,743 steps (240 CPU-seconds); ``res_blocks=0`` takes 0.06 s a step (5.2e-3 after the same
+    240 s) and widths ``(32, 64)`` 0.4 s a step (1.4e-2 after 90 s with ``res_blocks=0``, against 8.2e-3
+    for the defaults).
 
     Args:
         in_channels: image channels ``C``.
@@ -127,7 +130,7 @@ class KLAutoencoder(nn.Module):
         in_channels: int = 1,
         image_size: int = 28,
         latent_channels: int = 4,
-        channels: Sequence[int] = (32, 64),
+        channels: Sequence[int] = (16, 32),
         *,
         downsample: int | None = None,
         res_blocks: int = 1,
