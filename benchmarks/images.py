@@ -69,8 +69,8 @@ def _timed_eval(run: str, n: int, **opts: Any) -> dict[str, Any]:
 def nfe(args: argparse.Namespace) -> None:
     """FD and accuracy against NFE for Euler, Heun, the pseudo-corrector (turbo) and Dopri5."""
     rows = []
-    grid = [("euler", 4), ("euler", 8), ("euler", 16), ("heun", 2), ("heun", 4), ("heun", 8)]
-    grid += [("turbo", 4), ("turbo", 8), ("turbo", 16), ("dopri5", 1)]
+    grid = [("euler", 4), ("euler", 8), ("heun", 2), ("heun", 4), ("heun", 8), ("turbo", 4), ("turbo", 8)]
+    grid += [("dopri5", 1)]
     for solver, steps in grid:
         for run in args.runs:  # interleaved, so machine load hits every run alike
             res = _timed_eval(run, args.n, solver=solver, steps=steps)
