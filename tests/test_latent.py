@@ -224,6 +224,10 @@ def test_decode_inverts_encode_up_to_the_autoencoder(digits, trained_ae):
     x, _ = digits
     lm = LatentModel(latent_fm(trained_ae), trained_ae, shift=torch.randn(4), scale=torch.rand(4) + 0.5)
     torch.testing.assert_close(lm.decode(lm.encode(x[:8])), trained_ae(x[:8]), atol=1e-5, rtol=1e-5)
+    z = lm.encode(x[:2]).requires_grad_(True)
+    lm.decode(z).sum().backward()  # gradients reach the latents, not the frozen weights
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in trained_ae.parameters())
 
 
 @pytest.mark.parametrize("make_inner", [latent_fm, latent_tarflow], ids=["flow_matching", "tarflow"])

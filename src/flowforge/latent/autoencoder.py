@@ -112,6 +112,9 @@ class KLAutoencoder(nn.Module):
             (``4x7x7`` latents for MNIST), else 2 (``4x4x4`` for the 8x8 digits).
         res_blocks: residual blocks per resolution level.
         kl_weight: :math:`\beta`, the weight of the KL term against the per-image reconstruction sum.
+            Measured on MNIST: 1e-6, 1e-4 and 1e-2 give test MSEs of 9.8e-3, 8.4e-3, 8.4e-3 after 600
+            steps; 1e-2 makes the latents nearly standard (posterior std 0.2) but costs 10% MSE after
+            1,700 steps and gave no better latent flow-matching samples, so 1e-4.
         recon: ``"l1"`` or ``"mse"`` reconstruction distance.
         groups: GroupNorm groups (reduced to a divisor of each width).
 

@@ -230,9 +230,12 @@ class LatentModel(nn.Module):
         shift, scale = self._stats(z)
         return (z - shift) / scale
 
-    @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
-        """Images ``(B, C, H, W)`` in ``[-1, 1]`` from standardised latents ``z: (B, *latent_shape)``."""
+        """Images ``(B, C, H, W)`` in ``[-1, 1]`` from standardised latents ``z: (B, *latent_shape)``.
+
+        Differentiable in ``z`` (for guidance or inverse problems in latent space); the autoencoder's
+        weights get no gradient.
+        """
         shift, scale = self._stats(z)
         p = next(self.autoencoder.parameters(), None)
         u = z * scale + shift
