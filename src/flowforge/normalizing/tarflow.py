@@ -45,7 +45,8 @@ noisy data ``x + sigma eps`` are denoised after sampling by one Tweedie step
 
 The latent variant of STARFlow (the flow on a frozen autoencoder's latents) is this same model on
 latent tensors: encode the data, train ``TARFlow(image_shape=latent_shape, patch=1, ...)`` on the
-latents, decode the samples; no autoencoder ships with flowforge.
+latents, decode the samples: ``flowforge.latent.LatentModel(TARFlow(...), KLAutoencoder(...))`` does
+this, and the ``mnist-latent-starflow`` recipe trains it on the ``mnist-ae`` autoencoder.
 
 Example:
     >>> import torch
