@@ -55,7 +55,9 @@ def test_samples_are_integer_pixels_of_the_requested_class(digits_run):
 
 
 def test_eval_reports_image_metrics_and_what_it_sampled_with(digits_run):
-    res = evaluate(digits_run, n_samples=40, seed=0, steps=2, guidance=3.0, guidance_schedule="interval")
+    res = evaluate(
+        digits_run, n_samples=40, seed=0, solver="heun", steps=2, guidance=3.0, guidance_schedule="interval"
+    )
     assert {"fd", "acc", "precision", "recall"} <= res.keys()
     assert res["fd"] > 0 and 0 <= res["acc"] <= 1
     assert res["nfe"] == 4 and res["solver"] == "heun" and res["steps"] == 2  # Heun: 2 calls a step
@@ -136,7 +138,7 @@ def test_latent_runs_build_on_an_autoencoder_run(tmp_path):
     lat = _train("mnist-latent", tmp_path / "lat", ae_run=str(ae), width=16, depth=1, heads=2)
     x = sample(lat, 6, steps=2, label=1, guidance=2.0)
     assert x.shape == (6, 1, 8, 8) and x.dtype == torch.uint8
-    res = evaluate(lat, n_samples=20, steps=2, metrics=["fd", "acc"])
+    res = evaluate(lat, n_samples=20, solver="heun", steps=2, metrics=["fd", "acc"])
     assert res["nfe"] == 4 and res["fd"] > 0
     star = _train(
         "mnist-latent-starflow", tmp_path / "star", ae_run=str(ae), width=16, layers="1", head_dim=8

@@ -231,15 +231,8 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def _unit_images(arr: np.ndarray, config: dict) -> np.ndarray:
-    """Integer images of a run with ``levels`` grey levels as floats in [-1, 1] (what a PNG grid shows)."""
-    if arr.ndim != 4 or not config.get("levels"):
-        return arr
-    return arr.astype(np.float32) * (2.0 / (int(config["levels"]) - 1)) - 1.0
-
-
 def _sample(a: argparse.Namespace) -> int:
-    from flowforge.recipes import read_config, sample
+    from flowforge.recipes import picture, read_config, sample
 
     out = Path(a.out)
     if not a.out.strip() or out.suffix not in (".npy", ".png"):
@@ -265,7 +258,7 @@ def _sample(a: argparse.Namespace) -> int:
     else:
         config = read_config(a.run)
         title = ", ".join([f"{config['recipe']}: {a.n} samples", *(f"{k} {v}" for k, v in options.items())])
-        _plot(_unit_images(arr, config), out, title)
+        _plot(picture(a.run, arr), out, title)
     print(f"wrote {a.n} samples to {out}")
     return 0
 
@@ -355,9 +348,9 @@ def _inpaint(a: argparse.Namespace) -> int:
         tmp.replace(out)
     else:
         from flowforge.data.png import save_image_grid
-        from flowforge.recipes import read_config
+        from flowforge.recipes import picture
 
-        save_image_grid(_unit_images(arr, read_config(a.run)), out)
+        save_image_grid(picture(a.run, arr), out)
     print(f"wrote {len(arr)} inpainted image{'s' if len(arr) > 1 else ''} to {out}")
     return 0
 

@@ -21,7 +21,15 @@ from flowforge.recipes.registry import (  # noqa: E402
     resolve_config,
 )
 from flowforge.recipes.run_folder import read_config  # noqa: E402
-from flowforge.recipes.runs import evaluate, generator, inpaint, load_run, sample, train_recipe  # noqa: E402
+from flowforge.recipes.runs import (  # noqa: E402
+    evaluate,
+    generator,
+    inpaint,
+    load_run,
+    picture,
+    sample,
+    train_recipe,
+)
 
 __all__ = [
     "METRICS",
@@ -32,6 +40,7 @@ __all__ = [
     "generator",
     "get_recipe",
     "inpaint",
+    "picture",
     "load_run",
     "parse_sets",
     "read_config",

@@ -25,6 +25,7 @@ __all__ = [
     "sample_metrics",
     "nll_of",
     "sample_grid_monitor",
+    "image_picture",
 ]
 
 #: Metrics that compare model samples with data points.
@@ -113,6 +114,14 @@ def nll_of(gen: Any, x: Tensor, *, seed: int, points: int = 2000) -> float:
     check_points(x, gen.dim)
     pts = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:points]]
     return float(nll(gen, pts.float()))
+
+
+def image_picture(samples: Any, config: dict[str, Any]) -> Any:
+    """The ``picture`` hook of image recipes: integer pixels ``(N, C, H, W)`` with the run's ``levels``
+    grey levels as floats in ``[-1, 1]`` (what an image grid shows); other arrays unchanged."""
+    if getattr(samples, "ndim", 0) != 4 or not config.get("levels"):
+        return samples
+    return samples.astype("float32") * (2.0 / (int(config["levels"]) - 1)) - 1.0
 
 
 def sample_grid_monitor(config: dict[str, Any], run_dir: Path) -> Any:

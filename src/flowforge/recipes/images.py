@@ -38,7 +38,7 @@ from flowforge.core.guidance import RAAG, ConstantGuidance, IntervalGuidance
 from flowforge.data import dequantize, load_array, load_digits, load_mnist, quantize
 from flowforge.data.semantic import SEG_CLASSES, semantic_agreement, semantic_map
 from flowforge.nn import DiT, MMDiT, UNet
-from flowforge.recipes.common import sample_grid_monitor
+from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.flows2d import DISTANCES, PATHS, TIME_SAMPLERS
 from flowforge.recipes.registry import Recipe, register
 
@@ -540,6 +540,7 @@ def image_fm_recipe(
         default_metrics=default_metrics,
         inpaint=image_fm_inpaint if defaults.get("task") == "inpaint" else None,
         monitor=sample_grid_monitor,
+        picture=image_picture,
         kind="image",
     )
 
@@ -577,8 +578,8 @@ IMAGE_FM_DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.999,
     "threads": 0,
     "device": "",
-    "solver": "heun",
-    "sample_steps": 10,
+    "solver": "euler",
+    "sample_steps": 8,
     "guidance": 1.0,
     "guidance_schedule": "constant",
     "raag_alpha": 12.0,

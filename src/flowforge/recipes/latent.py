@@ -20,7 +20,7 @@ from flowforge.core.choices import unknown_choice
 from flowforge.data import dequantize, quantize
 from flowforge.latent import KLAutoencoder, LatentModel, latent_stats
 from flowforge.normalizing import TARFlow
-from flowforge.recipes.common import sample_grid_monitor
+from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.images import (
     N_CLASSES,
     ImageFlowGenerator,
@@ -305,6 +305,7 @@ register(
         metrics=("recon", "fd"),
         eval_options=lambda config: ("data",),
         monitor=sample_grid_monitor,
+        picture=image_picture,
         kind="image",
     )
 )
@@ -338,6 +339,7 @@ def _latent_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recipe:
         evaluate=latent_evaluate,
         metrics=("fd", "acc", "pr"),
         monitor=sample_grid_monitor,
+        picture=image_picture,
         kind="image",
     )
 

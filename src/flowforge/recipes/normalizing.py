@@ -28,7 +28,13 @@ from flowforge.core.choices import unknown_choice
 from flowforge.data import dequantization_log_det, dequantize, quantize
 from flowforge.metrics import bits_per_dim
 from flowforge.normalizing import MAF, NSF, RealNVP, TARFlow
-from flowforge.recipes.common import SAMPLE_METRICS, data_space_generator, nll_of, sample_metrics
+from flowforge.recipes.common import (
+    SAMPLE_METRICS,
+    data_space_generator,
+    image_picture,
+    nll_of,
+    sample_metrics,
+)
 from flowforge.recipes.flows2d import flow_data, toy_reference
 from flowforge.recipes.images import N_CLASSES, check_images, image_set, load_images
 from flowforge.recipes.registry import Recipe, register
@@ -326,6 +332,7 @@ def _image_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recipe:
         load_data=load_images,
         evaluate=image_evaluate,
         metrics=("nll", "bpd"),
+        picture=image_picture,
         kind="image",
     )
 

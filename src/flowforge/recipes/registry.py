@@ -88,6 +88,8 @@ class Recipe:
         metrics: the metric names ``eval`` accepts.
         default_metrics: what ``eval`` computes when none are named: a tuple, or ``options -> tuple``
             (e.g. add ``ess``/``logz`` when ``--energy`` is given); empty: every metric.
+        picture: ``(samples, config) -> what a plot shows`` (e.g. integer pixels with the run's grey levels
+            as floats in ``[-1, 1]``); ``None``: the samples as they are.
         inpaint: ``(model, config, image, hole, *, seed, **options) -> images``: fill the ``hole`` pixels
             of integer images (``flowforge inpaint``); ``None``: the recipe's runs do not inpaint.
         kind: the family, a label for people (``flowforge list``, docs); no code branches on it.
@@ -115,6 +117,7 @@ class Recipe:
     load_data: Callable[[str, dict[str, Any]], Tensor] = load_points
     default_metrics: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = ()
     inpaint: Callable[..., Tensor] | None = None
+    picture: Callable[[Any, dict[str, Any]], Any] | None = None
     kind: str = "continuous"
     monitor: Callable[[dict[str, Any], Path], Callable[[int, Trainer], None] | None] | None = None
 

@@ -28,6 +28,7 @@ __all__ = [
     "generator",
     "sample",
     "inpaint",
+    "picture",
     "evaluate",
     "check_options",
 ]
@@ -176,6 +177,12 @@ def sample(run_dir: str | Path, n: int, *, seed: int = 0, **options: Any) -> Ten
     kwargs = recipe.sample_kwargs(config, given, n)
     gen = recipe.generator(model, config)
     return gen.sample(n, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def picture(run_dir: str | Path, samples: Any) -> Any:
+    """``samples`` of a run as a plot shows them (the recipe's ``picture`` hook; else unchanged)."""
+    recipe = get_recipe(read_config(run_dir)["recipe"])
+    return samples if recipe.picture is None else recipe.picture(samples, read_config(run_dir))
 
 
 def inpaint(run_dir: str | Path, image: Tensor, hole: Tensor, *, seed: int = 0, **options: Any) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from flowforge.continuous import SymmFlow
 from flowforge.data import quantize
 from flowforge.nn import UNet
-from flowforge.recipes.common import sample_grid_monitor
+from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
     N_CLASSES,
@@ -147,6 +147,7 @@ def _symmflow_recipe(name: str, summary: str, defaults: dict[str, Any]) -> Recip
         evaluate=symmflow_evaluate,
         metrics=("fd", "acc", "pr", "cls_acc"),
         monitor=sample_grid_monitor,
+        picture=image_picture,
         kind="image",
     )
 
