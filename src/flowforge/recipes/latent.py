@@ -28,6 +28,7 @@ from flowforge.recipes.images import (
     _guide,
     build_image_fm,
     check_images,
+    image_fm_data,
     image_metrics_of,
     image_reference,
     image_set,
@@ -55,21 +56,9 @@ def build_autoencoder(config: dict[str, Any]) -> KLAutoencoder:
     )
 
 
-def _images_stream(config: dict[str, Any], labels: bool) -> tuple[Any, dict[str, Any]]:
-    s = image_set(config, "train")
-    x, y, levels = s.x, s.y, s.levels
-
-    def stream(batch_size: int, generator: torch.Generator) -> Any:
-        idx = torch.randint(0, len(x), (batch_size,), generator=generator)
-        xb = dequantize(x[idx], levels, generator=generator)
-        return (xb, y[idx]) if labels else xb
-
-    return stream, {"image_shape": list(x.shape[1:]), "levels": levels, "n_train": len(x)}
-
-
 def ae_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Dequantised training images (no labels) for the autoencoder."""
-    return _images_stream(config, labels=False)
+    return image_fm_data({**config, "conditional": False})
 
 
 class AutoencoderGenerator:
@@ -134,7 +123,7 @@ def latent_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             f"the autoencoder in {config['ae_run']} was trained on {ae_config['dataset']}, this run is on "
             f"{config['dataset']}; train an autoencoder on {config['dataset']}"
         )
-    stream, updates = _images_stream(config, labels=bool(config["conditional"]))
+    stream, updates = image_fm_data({**config, "task": "generate"})
     s = image_set(config, "train")
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(s.x), generator=g)[:10_000]
@@ -197,7 +186,8 @@ class LatentImageGenerator:
             x = self.fm.sample_unit(n, **opts)
             self.nfe = self.fm.nfe
             return x
-        opts.pop("solver", None), opts.pop("steps", None), opts.pop("qmc", None), opts.pop("schedule", None)
+        for flow_only in ("solver", "steps", "qmc", "schedule"):  # TARFlow samples token by token
+            opts.pop(flow_only, None)
         z = self.model.inner.sample(n, **opts)
         self.nfe = 0
         return self.model.decode(z).clamp(-1.0, 1.0)

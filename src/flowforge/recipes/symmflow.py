@@ -30,6 +30,7 @@ from flowforge.recipes.images import (
     image_reference,
     image_set,
     load_images,
+    sample_in_chunks,
 )
 from flowforge.recipes.registry import Recipe, register
 
@@ -124,7 +125,7 @@ def symmflow_evaluate(
     if rest:
         kwargs = symmflow_sample_kwargs(config, options, n)
         labels = kwargs.pop("cond")["y"]
-        x = torch.cat([gen.sample(len(c), cond={"y": c}, generator=g, **kwargs) for c in labels.split(500)])
+        x = sample_in_chunks(gen, n, {"y": labels}, g, **kwargs)
         ref = check_images(data(), config)
         out.update(image_metrics_of(x, ref, config, rest, labels=labels if "acc" in rest else None))
         out.update(n=n, solver=kwargs["solver"], steps=kwargs["steps"])
@@ -162,7 +163,7 @@ _SYMM = {
     "classify_steps": 1,
 }
 for _key in ("guidance", "guidance_schedule", "raag_alpha", "interval_lo", "interval_hi", "path", "gamma_a"):
-    _SYMM.pop(_key)
+    _SYMM.pop(_key)  # SymmFlow has its own path, time sampler and loss, and no guidance
 for _key in ("time", "time_shift", "prediction", "loss"):
     _SYMM.pop(_key)
 
