@@ -125,6 +125,31 @@ def test_inpainting_keeps_the_known_pixels_exactly(tmp_path, capsys):
     assert code == 2 and "same size" in capsys.readouterr().err
 
 
+def test_inpainting_guides_towards_the_kept_pixels(tmp_path):
+    from flowforge.recipes import get_recipe, read_config
+    from flowforge.recipes.images import image_fm_data
+
+    # context dropout: the all-hole mask (zero extra channels) stands for "nothing known"
+    config = {**get_recipe("mnist-inpaint").defaults, **TINY, "context_dropout": 1.0}
+    stream, _ = image_fm_data(config)
+    assert not stream(4, torch.Generator().manual_seed(0))["extra"].any()
+    config["context_dropout"] = 0.0
+    assert image_fm_data(config)[0](4, torch.Generator().manual_seed(0))["extra"].any()
+
+    run = _train("mnist-inpaint", tmp_path / "inp", steps=2)
+    assert read_config(run)["context_dropout"] == 0.1
+    img, hole = load_digits("test").x[:2], torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    hole[..., 4:] = True
+    plain = inpaint(run, img, hole, seed=0, steps=2)
+    guided = inpaint(run, img, hole, seed=0, steps=2, guidance=3.0)
+    assert torch.equal(guided[..., :4], img[..., :4]) and not torch.equal(plain, guided)
+    res = evaluate(run, n_samples=4, steps=2, guidance=2.0)
+    assert res["known"] == 0.0
+    old = _train("mnist-inpaint", tmp_path / "old", steps=1, context_dropout=0.0)
+    with pytest.raises(ValueError, match="context_dropout=0.1"):
+        inpaint(old, img, hole, seed=0, steps=2, guidance=3.0)
+
+
 def test_inpaint_needs_an_inpainting_run(digits_run, tmp_path):
     with pytest.raises(ValueError, match="mnist-inpaint"):
         inpaint(digits_run, load_digits("test").x[:1], torch.ones(1, 1, 8, 8, dtype=torch.bool))

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=_seed, default=0)
     i.add_argument("--solver", help="ODE solver (default: the run's)")
     i.add_argument("--steps", type=_count, help="solver steps (default: the run's)")
+    i.add_argument(
+        "--guidance", type=float, help="guidance towards the kept pixels (runs trained with context_dropout)"
+    )
     return p
 
 
@@ -336,7 +339,7 @@ def _inpaint(a: argparse.Namespace) -> int:
             f"--mask is {mask.shape[-2:]} pixels but --image is {image.shape[-2:]}; make them the same size"
         )
     hole = torch.from_numpy(mask != 0).any(1, keepdim=True).expand(image.shape[0], 1, *image.shape[-2:])
-    options = {"solver": a.solver, "steps": a.steps}
+    options = {"solver": a.solver, "steps": a.steps, "guidance": a.guidance}
     x = inpaint(
         a.run, torch.from_numpy(np.ascontiguousarray(image)), hole.contiguous(), seed=a.seed, **options
     )

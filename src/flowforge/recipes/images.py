@@ -164,19 +164,25 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """An endless stream of freshly dequantised training images with what the task conditions on.
 
     ``generate``: ``(x, y)`` (class-conditional) or ``x``; ``inpaint``: ``{"x", "extra"}`` with a random
-    mask a batch (:func:`flowforge.core.masks.random_masks`); ``semantic``: ``{"x", "seg"}``, the map
-    dropped to the null map with probability ``label_dropout`` (guidance).
+    mask a batch (:func:`flowforge.core.masks.random_masks`), replaced by the all-hole mask with
+    probability ``context_dropout`` (so that the fill can be guided towards the kept pixels);
+    ``semantic``: ``{"x", "seg"}``, the map dropped to the null map with probability ``label_dropout``
+    (guidance).
     """
     s = image_set(config, "train")
     x, y, levels = s.x, s.y, s.levels
     task = _task(config)
     seg = semantic_map(x, y, int(config["seg_size"]), levels=levels) if task == "semantic" else None
+    drop_context = float(config.get("context_dropout", 0.0))
 
     def stream(batch_size: int, generator: torch.Generator) -> Any:
         idx = torch.randint(0, len(x), (batch_size,), generator=generator)
         xb = dequantize(x[idx], levels, generator=generator)
         if task == "inpaint":
             mask = M.random_masks(batch_size, xb.shape[-2], xb.shape[-1], generator=generator)
+            if drop_context > 0:  # "nothing known" (all-zero extra channels): the null of context guidance
+                drop = torch.rand(batch_size, generator=generator) < drop_context
+                mask = torch.where(drop[:, None, None, None], torch.zeros_like(mask), mask)
             return {"x": xb, "extra": M.inpaint_extra(xb, mask)}
         if task == "semantic":
             sb = seg[idx]
@@ -216,7 +222,7 @@ class ImageFlowGenerator:
         guide = schedule if schedule is not None else guidance
         if guide is not None and not cond:
             raise ValueError("guidance needs a condition: pass --label C (or cond={'y': labels})")
-        null = getattr(self.fm.net, "null_seg", None) if self.key == "seg" else None
+        null = {"seg": getattr(self.fm.net, "null_seg", None), "extra": 0.0}.get(self.key)
         gen = self.fm.generator(guide, key=self.key, null=null) if guide is not None else self.fm.generator()
         calls = [0]
         field = gen.field
@@ -239,15 +245,15 @@ class ImageFlowGenerator:
 
 def image_fm_generator(model: nn.Module, config: dict[str, Any]) -> ImageFlowGenerator:
     """The ``generator`` hook of image flow runs."""
-    key = "seg" if _task(config) == "semantic" else "y"
+    key = {"semantic": "seg", "inpaint": "extra"}.get(_task(config), "y")
     return ImageFlowGenerator(model, int(config["levels"]), key)
 
 
 def image_fm_sample_options(config: dict[str, Any]) -> tuple[str, ...]:
     """Solver, steps and source noise; ``label``/``guidance`` for class-conditional and semantic runs."""
     base = ("solver", "steps", "qmc")
-    if _task(config) == "inpaint":
-        return base
+    if _task(config) == "inpaint":  # guidance towards the kept pixels (needs context_dropout > 0)
+        return (*base, "guidance", "guidance_schedule")
     if config.get("conditional") or _task(config) == "semantic":
         return (*base, "label", "guidance", "guidance_schedule")
     return base
@@ -300,6 +306,14 @@ def image_fm_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int
     elif config.get("conditional"):
         out["cond"] = {"y": _balanced_labels(n, given.get("label"))}
         out.update(_guide(config, given))
+    elif task == "inpaint":  # the condition (the kept pixels) comes with each call
+        guide = _guide(config, given)
+        if guide and not float(config.get("context_dropout", 0.0)) > 0:
+            raise ValueError(
+                "guidance of an inpainting run needs a model trained with context dropout: "
+                "flowforge train mnist-inpaint --set context_dropout=0.1"
+            )
+        out.update(guide)
     return out
 
 
@@ -626,7 +640,7 @@ register(
     image_fm_recipe(
         "mnist-inpaint",
         "MNIST inpainting flow (masked image + mask as extra UNet channels, random masks; LFM-style)",
-        {**IMAGE_FM_DEFAULTS, "task": "inpaint", "conditional": False},
+        {**IMAGE_FM_DEFAULTS, "task": "inpaint", "conditional": False, "context_dropout": 0.1},
         ("known", "fill_acc"),
     )
 )
