@@ -221,6 +221,10 @@ def test_generate_pairs_rejects_bad_inputs(tmp_path):
         generate_pairs(v1, 4, tmp_path / "p.safetensors", event_shape=(2,), solver="eulr")
     with pytest.raises(TypeError, match="teacher"):
         generate_pairs(42, 4, tmp_path / "p.safetensors", event_shape=(2,))
+    (tmp_path / "mine.safetensors").write_bytes(b"someone else's file")
+    with pytest.raises(FileExistsError, match="another path"):
+        generate_pairs(v1, 4, tmp_path / "mine.safetensors", event_shape=(2,))
+    assert (tmp_path / "mine.safetensors").read_bytes() == b"someone else's file"
 
 
 def test_load_pairs_errors(tmp_path):

@@ -74,7 +74,10 @@ def test_teacher_only_schedules_are_heun_and_the_pseudo_corrector():
     assert torch.allclose(out, pc.x, rtol=0, atol=1e-14) and nfe == {"teacher": 6, "refiner": 0}
     out, nfe = gen.sample(256, x0=x0, schedule=(2, 3, 0), return_nfe=True)
     assert torch.allclose(out, _teacher_only(x0, 2, 3, 5)[0], rtol=0, atol=1e-14)
-    assert nfe == {"teacher": 2 * 2 + 3, "refiner": 0}  # the first P step reuses the last Heun step's velocity
+    assert nfe == {
+        "teacher": 2 * 2 + 3,
+        "refiner": 0,
+    }  # the first P step reuses the last Heun step's velocity
     assert gen.last_nfe == nfe
 
 
@@ -139,7 +142,9 @@ def test_the_teacher_is_frozen_and_not_part_of_the_refiner_state():
 
 def test_a_trained_refiner_beats_the_zero_refiner_and_approaches_heun():
     torch.manual_seed(0)
-    refiner = VelocityRefiner(MLP(dim=4, width=64, depth=2, out_dim=2).double(), V, dt_max=0.5, event_shape=(2,))
+    refiner = VelocityRefiner(
+        MLP(dim=4, width=64, depth=2, out_dim=2).double(), V, dt_max=0.5, event_shape=(2,)
+    )
     opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     for step in range(600):
@@ -177,7 +182,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="dt_max"):
         VelocityRefiner(Packed(zero_offset), V, dt_max=0.0)
     with pytest.raises(ValueError, match="shaped like x"):
-        VelocityRefiner(MLP(dim=4, width=8, depth=1), V).offset(torch.zeros(3, 2), torch.zeros(3), torch.zeros(3, 2))
+        VelocityRefiner(MLP(dim=4, width=8, depth=1), V).offset(
+            torch.zeros(3, 2), torch.zeros(3), torch.zeros(3, 2)
+        )
     with pytest.raises(ValueError, match="null_label"):
         VelocityRefiner(Packed(zero_offset), V, label_dropout=0.1)
     with pytest.raises(TypeError, match="teacher"):

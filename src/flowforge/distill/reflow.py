@@ -197,7 +197,8 @@ def generate_pairs(
     Args:
         teacher: a model with ``generator()`` (:class:`~flowforge.continuous.FlowMatching`,
             :class:`Reflow` for a further round), a :class:`~flowforge.continuous.FlowGenerator` (e.g. a
-            guided one), or a velocity callable ``v(x, t, **cond)`` (then give ``event_shape``).
+            guided one), or a velocity callable ``v(x, t, **cond)`` (then give ``event_shape``). Put a
+            network with dropout in eval mode first (``run.generator()`` does).
         n: number of pairs.
         path: the output file, ending in ``.safetensors``.
         solver: a solver name (``"heun"``, ``"rk4"``, ``"dopri5"``, ...) or a solver object.
@@ -286,6 +287,11 @@ def generate_pairs(
         check_same(json.loads(meta_path.read_text()), meta_path)
         return path
 
+    if path.exists() and not parts_dir.exists():
+        raise FileExistsError(
+            f"{path} exists but is not a finished pairs file (no {meta_path.name}) nor an interrupted run; "
+            "move it away or write the pairs to another path"
+        )
     parts_dir.mkdir(parents=True, exist_ok=True)
     if progress.exists():
         check_same(json.loads(progress.read_text()), progress)
