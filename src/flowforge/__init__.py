@@ -28,6 +28,7 @@ _MODULES = {
     "normalizing": "flowforge.normalizing",
     "gflownet": "flowforge.gflownet",
     "latent": "flowforge.latent",
+    "distill": "flowforge.distill",
     "energies": "flowforge.data.energies",
     "mcmc": "flowforge.core.mcmc",
     "couplings": "flowforge.core.couplings",

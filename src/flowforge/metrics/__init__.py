@@ -23,6 +23,7 @@ from flowforge.metrics.kernels import energy_distance, mmd
 from flowforge.metrics.likelihood import bits_per_dim, nll
 from flowforge.metrics.ot import wasserstein2
 from flowforge.metrics.sliced import sliced_wasserstein, sliced_wasserstein_loss
+from flowforge.metrics.straightness import straightness
 
 __all__ = [
     "bits_per_dim",
@@ -36,6 +37,7 @@ __all__ = [
     "nll",
     "sliced_wasserstein",
     "sliced_wasserstein_loss",
+    "straightness",
     "wasserstein2",
     "frechet_distance",
     "gaussian_stats",
