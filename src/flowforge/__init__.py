@@ -44,6 +44,8 @@ _NAMES = {
     "FlowMatching": "flowforge.continuous",
     "FlowGenerator": "flowforge.continuous",
     "SymmFlow": "flowforge.continuous",
+    "TwinFlow": "flowforge.continuous",
+    "FreeFlow": "flowforge.distill",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",
     "Flow": "flowforge.normalizing",

@@ -3,6 +3,7 @@
 from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
 from flowforge.continuous.symmflow import SymmFlow, SymmFlowGenerator
+from flowforge.continuous.twinflow import TwinFlow, TwinFlowGenerator
 
 __all__ = [
     "FlowMatching",
@@ -11,4 +12,6 @@ __all__ = [
     "make_solver",
     "SymmFlow",
     "SymmFlowGenerator",
+    "TwinFlow",
+    "TwinFlowGenerator",
 ]
