@@ -38,11 +38,13 @@ _MODULES = {
     "schedules": "flowforge.core.schedules",
     "solvers": "flowforge.core.solvers",
     "time": "flowforge.core.time",
+    "dispersive": "flowforge.core.dispersive",
 }
 _NAMES = {
     "FlowMatching": "flowforge.continuous",
     "FlowGenerator": "flowforge.continuous",
     "SymmFlow": "flowforge.continuous",
+    "MeanFlow": "flowforge.continuous",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",
     "Flow": "flowforge.normalizing",

@@ -2,6 +2,7 @@
 
 from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
+from flowforge.continuous.meanflow import MeanFlow, MeanFlowGenerator, MeanFlowTimes
 from flowforge.continuous.symmflow import SymmFlow, SymmFlowGenerator
 
 __all__ = [
@@ -11,4 +12,7 @@ __all__ = [
     "make_solver",
     "SymmFlow",
     "SymmFlowGenerator",
+    "MeanFlow",
+    "MeanFlowGenerator",
+    "MeanFlowTimes",
 ]
