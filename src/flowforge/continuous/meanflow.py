@@ -77,7 +77,7 @@ class MeanFlowTimes:
     becomes a flow-matching row ``t = r``. The paper's ImageNet setting (the default) is both times
     from logit-normal :math:`(-0.4, 1.0)` in paper time, i.e. ``LogitNormal(loc=0.4, scale=1.0)`` in
     ours (:math:`1 - \sigma(n) = \sigma(-n)`), and 75% of the rows with ``r = t`` (the paper's 25% of
-    :math:`r \ne t`, Table 1a). As in the official code the diagonal rows keep the start time ``r``
+    :math:`r \ne t`, its ablation). As in the official code the diagonal rows keep the start time ``r``
     (the paper's :math:`r_p \leftarrow t_p`). CIFAR-10 used ``LogitNormal(2.0, 2.0)`` and ``diagonal=0.25``.
 
     Args:
@@ -117,8 +117,8 @@ class MeanFlow(nn.Module):
     r"""MeanFlow (Geng et al., 2025, arXiv:2505.13447): average-velocity network trained by the MeanFlow identity.
 
     The loss per row is :math:`\ell = \|u_\theta(x_r, r, t) - u_{tgt}\|^2` summed over the event (as
-    the official code does) with the adaptive weight :math:`w = \mathrm{sg}(1 / (\ell + c)^p)`
-    (the paper's eq. 22; ``p = 0`` is the plain squared error), averaged over the batch. The target
+    the official code does) with the paper's adaptive weight :math:`w = \mathrm{sg}(1 / (\ell + c)^p)`
+    (``p = 0``: the plain squared error), averaged over the batch. The target
     :math:`u_{tgt} = \mathrm{sg}(\tilde v + (t - r)\,\tfrac{d}{dr}u_\theta)` comes from one
     forward-mode JVP (:meth:`total_derivative`) of the plain network (never a DDP wrapper), computed
     without a graph; :math:`u_\theta` then comes from an ordinary forward pass that shares the JVP's

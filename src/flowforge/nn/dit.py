@@ -1,4 +1,4 @@
-r"""Diffusion Transformer (DiT) velocity network for images: ``net(x, t, y=None, extra=None)`` (``r=`` with ``two_times``).
+r"""Diffusion Transformer (DiT) velocity network for images: ``net(x, t, y=None, extra=None, *, r=None)``.
 
 Peebles & Xie (2023), "Scalable Diffusion Models with Transformers", arXiv:2212.09748: the image is
 cut into ``p x p`` patches (a strided convolution), a fixed 2-D sin-cos position embedding is added,

@@ -1,4 +1,4 @@
-r"""ADM-style U-Net velocity network for images: ``net(x, t, y=None, extra=None)`` (``r=`` with ``two_times``).
+r"""ADM-style U-Net velocity network for images: ``net(x, t, y=None, extra=None, *, r=None)``.
 
 The architecture of Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
 arXiv:2105.05233 (Ho et al. 2020's U-Net with BigGAN-style details), at MNIST scale: residual blocks
