@@ -39,6 +39,7 @@ _MODULES = {
     "schedules": "flowforge.core.schedules",
     "solvers": "flowforge.core.solvers",
     "time": "flowforge.core.time",
+    "dispersive": "flowforge.core.dispersive",
 }
 _NAMES = {
     "FlowMatching": "flowforge.continuous",
@@ -46,6 +47,7 @@ _NAMES = {
     "SymmFlow": "flowforge.continuous",
     "TwinFlow": "flowforge.continuous",
     "FreeFlow": "flowforge.distill",
+    "MeanFlow": "flowforge.continuous",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",
     "Flow": "flowforge.normalizing",

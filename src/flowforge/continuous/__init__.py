@@ -2,6 +2,7 @@
 
 from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
+from flowforge.continuous.meanflow import MeanFlow, MeanFlowGenerator, MeanFlowTimes
 from flowforge.continuous.symmflow import SymmFlow, SymmFlowGenerator
 from flowforge.continuous.twinflow import TwinFlow, TwinFlowGenerator
 
@@ -14,4 +15,7 @@ __all__ = [
     "SymmFlowGenerator",
     "TwinFlow",
     "TwinFlowGenerator",
+    "MeanFlow",
+    "MeanFlowGenerator",
+    "MeanFlowTimes",
 ]

@@ -2,3 +2,7 @@
 
 Depends on torch and numpy only (POT is imported lazily by the OT couplings).
 """
+
+from flowforge.core.dispersive import FeatureTap, dispersive_loss
+
+__all__ = ["FeatureTap", "dispersive_loss"]

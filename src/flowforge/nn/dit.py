@@ -1,4 +1,4 @@
-r"""Diffusion Transformer (DiT) velocity network for images: ``net(x, t, y=None, extra=None)``.
+r"""Diffusion Transformer (DiT) velocity network for images: ``net(x, t, y=None, extra=None, *, r=None)``.
 
 Peebles & Xie (2023), "Scalable Diffusion Models with Transformers", arXiv:2212.09748: the image is
 cut into ``p x p`` patches (a strided convolution), a fixed 2-D sin-cos position embedding is added,
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowforge.nn.unet import check_extra, check_labels, check_time, timestep_embedding
+from flowforge.nn.unet import check_extra, check_gap, check_labels, check_time, timestep_embedding
 
 __all__ = ["DiT", "DiTBlock", "PatchEmbed", "TimeEmbed", "sincos_2d", "modulate", "unpatchify"]
 
@@ -180,6 +180,13 @@ class DiT(nn.Module):
     patchifying. All adaLN modulations and the final linear layer start at zero (adaLN-Zero), so a
     fresh network returns zeros.
 
+    With ``two_times=True`` the network takes a second time ``r`` (keyword; the start time of a
+    two-time map such as MeanFlow's :math:`u(x, r, t)`, ``x`` at ``r``, ``t`` the end time) and adds
+    its own ``TimeEmbed(t - r)`` of the gap to :math:`c`, as MeanFlow's DiT does (arXiv:2505.13447,
+    conditioning on ``(t, t - r)``). The gap is zero on the diagonal ``r = t`` (``r=None`` means
+    ``r = t``), where the net is a velocity field of ``(x, t)``. With ``two_times=False`` (default)
+    nothing changes.
+
     Args:
         image_size: ``H = W``.
         in_channels: image channels ``C`` (also the output channels).
@@ -190,6 +197,7 @@ class DiT(nn.Module):
         num_classes: number of classes for conditioning (``None``: unconditional).
         extra_channels: number of extra conditioning planes passed as ``extra``.
         mlp_ratio: MLP expansion.
+        two_times: accept a second time ``r`` and embed the gap ``t - r``.
 
     Example:
         >>> import torch
@@ -209,6 +217,7 @@ class DiT(nn.Module):
         num_classes: int | None = None,
         extra_channels: int = 0,
         mlp_ratio: float = 4.0,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 1 or width < 1 or depth < 1:
@@ -233,9 +242,21 @@ class DiT(nn.Module):
             zero_linear(block.ada[-1])
         zero_linear(self.final.ada[-1])
         zero_linear(self.final.linear)
+        self.two_times = bool(two_times)
+        if self.two_times:  # built last, so every other weight is initialised as without it
+            self.gap = TimeEmbed(width)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
-        """``x: (B, C, H, W)``, ``t: (B,)``, ``y: (B,)`` labels or ``None``, ``extra: (B, E, H, W)`` -> ``(B, C, H, W)``."""
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        extra: Tensor | None = None,
+        *,
+        r: Tensor | None = None,
+    ) -> Tensor:
+        """``x: (B, C, H, W)``, ``t: (B,)``, ``y: (B,)`` labels or ``None``, ``extra: (B, E, H, W)``,
+        ``r: (B,)`` start time (``two_times`` only) -> ``(B, C, H, W)``."""
         want = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(
@@ -247,6 +268,9 @@ class DiT(nn.Module):
         y = check_labels(y, self.num_classes, b, x.device)
         h = self.embed(check_extra(x, extra, self.extra_channels)) + self.pos.to(x.dtype)
         c = self.time(t).to(x.dtype)
+        gap = check_gap(t, r, self.two_times, b, x)
+        if gap is not None:
+            c = c + self.gap(gap).to(x.dtype)
         if self.label is not None:
             c = c + self.label(y)
         for block in self.blocks:

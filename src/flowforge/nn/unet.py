@@ -1,4 +1,4 @@
-r"""ADM-style U-Net velocity network for images: ``net(x, t, y=None, extra=None)``.
+r"""ADM-style U-Net velocity network for images: ``net(x, t, y=None, extra=None, *, r=None)``.
 
 The architecture of Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
 arXiv:2105.05233 (Ho et al. 2020's U-Net with BigGAN-style details), at MNIST scale: residual blocks
@@ -8,7 +8,7 @@ nearest-neighbour up-sampling with skip connections, multi-head self-attention a
 resolutions, and zero-initialised last convolutions so that every residual block (and the whole
 network) starts as the identity / zero map.
 
-The helpers :func:`timestep_embedding`, :func:`check_time`, :func:`check_labels` and
+The helpers :func:`timestep_embedding`, :func:`check_time`, :func:`check_gap`, :func:`check_labels` and
 :func:`check_extra` are shared with :mod:`flowforge.nn.dit` and :mod:`flowforge.nn.mmdit`.
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "timestep_embedding", "check_time", "check_labels", "check_extra"]
+__all__ = ["UNet", "timestep_embedding", "check_time", "check_gap", "check_labels", "check_extra"]
 
 
 def timestep_embedding(t: Tensor, dim: int, *, scale: float = 1000.0, max_period: float = 10_000.0) -> Tensor:
@@ -53,6 +53,17 @@ def check_time(t: Tensor | float, b: int, like: Tensor) -> Tensor:
     if t.shape != (b,):
         raise ValueError(f"t must have shape (B,) = ({b},) (or be a scalar), got {tuple(t.shape)}")
     return t.to(like.device)
+
+
+def check_gap(t: Tensor, r: Tensor | float | None, two_times: bool, b: int, like: Tensor) -> Tensor | None:
+    """The gap ``t - r`` ``(B,)`` of a two-time net (``r=None``: ``r = t``); ``None`` for a one-time net."""
+    if not two_times:
+        if r is not None:
+            raise ValueError(
+                "this network takes one time: build it with two_times=True to pass a second time r"
+            )
+        return None
+    return t - (t if r is None else check_time(r, b, like))
 
 
 def check_labels(y: Tensor | None, num_classes: int | None, b: int, device: torch.device) -> Tensor | None:
@@ -163,6 +174,13 @@ class UNet(nn.Module):
     image and the mask for inpainting) are concatenated to ``x``. The output convolution is
     zero-initialised, so a fresh network returns zeros.
 
+    With ``two_times=True`` the network takes a second time ``r`` (keyword; the start time of a
+    two-time map such as MeanFlow's :math:`u(x, r, t)`, ``x`` at ``r``, ``t`` the end time) and adds
+    its own embedding ``MLP(sinusoids(1000 (t - r)))`` of the gap to the time embedding. The gap is
+    embedded rather than ``r`` because it is zero on the diagonal ``r = t`` (``r=None`` means
+    ``r = t``), where the net is a velocity field of ``(x, t)``, and MeanFlow (arXiv:2505.13447)
+    conditions on ``(t, t - r)``. With ``two_times=False`` (default) nothing changes.
+
     The defaults (16 channels, mults ``(1, 2, 4)``, 2 blocks, attention at the lowest level: 1.0 M
     parameters, 0.6 GFLOP forward + backward per 28x28 image) keep the full-resolution level thin,
     where convolutions cost most; ``channels=32, mults=(1, 2, 2)`` is the wider ADM-at-MNIST
@@ -180,6 +198,7 @@ class UNet(nn.Module):
         extra_channels: number of extra conditioning planes passed as ``extra``.
         dropout: dropout in the residual blocks.
         groups: GroupNorm groups (must divide every level's channels).
+        two_times: accept a second time ``r`` and embed the gap ``t - r``.
 
     Example:
         >>> import torch
@@ -201,6 +220,7 @@ class UNet(nn.Module):
         extra_channels: int = 0,
         dropout: float = 0.0,
         groups: int = 8,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         mults, attention = tuple(mults), tuple(attention)
@@ -265,9 +285,21 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(groups, c), nn.SiLU(), _zero(nn.Conv2d(c, self.out_channels, 3, padding=1))
         )
+        self.two_times = bool(two_times)
+        if self.two_times:  # built last, so every other weight is initialised as without it
+            self.gap_mlp = nn.Sequential(nn.Linear(channels, emb), nn.SiLU(), nn.Linear(emb, emb))
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
-        """``x: (B, C, H, W)``, ``t: (B,)``, ``y: (B,)`` labels or ``None``, ``extra: (B, E, H, W)`` -> ``(B, C_out, H, W)``."""
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        extra: Tensor | None = None,
+        *,
+        r: Tensor | None = None,
+    ) -> Tensor:
+        """``x: (B, C, H, W)``, ``t: (B,)``, ``y: (B,)`` labels or ``None``, ``extra: (B, E, H, W)``,
+        ``r: (B,)`` start time (``two_times`` only) -> ``(B, C_out, H, W)``."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet expects images (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
@@ -278,6 +310,9 @@ class UNet(nn.Module):
         y = check_labels(y, self.num_classes, b, x.device)
         h = check_extra(x, extra, self.extra_channels)
         emb = self.time_mlp(timestep_embedding(t, self.channels).to(x.dtype))
+        gap = check_gap(t, r, self.two_times, b, x)
+        if gap is not None:
+            emb = emb + self.gap_mlp(timestep_embedding(gap, self.channels).to(x.dtype))
         if self.label is not None:
             emb = emb + self.label(y)
 
