@@ -43,6 +43,8 @@ _NAMES = {
     "FlowMatching": "flowforge.continuous",
     "FlowGenerator": "flowforge.continuous",
     "SymmFlow": "flowforge.continuous",
+    "PFGMPP": "flowforge.continuous",
+    "BlockwiseFlowMatching": "flowforge.continuous",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",
     "Flow": "flowforge.normalizing",
