@@ -279,3 +279,17 @@ def test_sde_sampler_runs_per_segment():
     x = bfm.generator().sample(512, steps=50, solver="sde", generator=_gen(7), dtype=D64)
     assert torch.allclose(x.mean(0), M, atol=0.2) and torch.allclose(x.std(0), C, rtol=0.2)
     assert math.isfinite(float(x.sum()))
+
+
+def test_contracts_and_trainer(tmp_path):
+    import flowforge as ff
+    from flowforge.core.contracts import Generator, Objective
+
+    model = ff.BlockwiseFlowMatching.uniform(2, lambda k: MLP(2, 8, 1))
+    assert isinstance(model, Objective)
+    run = ff.train(
+        model, torch.randn(256, 2), steps=3, batch_size=32, out=str(tmp_path / "run"), progress=False
+    )
+    gen = run.generator()
+    assert isinstance(gen, Generator) and isinstance(gen, BlockwiseGenerator)
+    assert gen.sample(5, steps=2, generator=_gen(8)).shape == (5, 2)

@@ -364,3 +364,16 @@ def test_errors_say_what_to_write():
         gen.sample(4, x0=torch.zeros(4, 3))
     with pytest.raises(ValueError, match="beta_clip"):
         sample_kernel((4, 2), 1.0, 2, beta_clip=0.7)
+
+
+def test_contracts_and_trainer(tmp_path):
+    import flowforge as ff
+    from flowforge.core.contracts import Generator, Objective
+
+    model = ff.PFGMPP(MLP(2, 16, 2), D=8)
+    assert isinstance(model, Objective)
+    x = torch.randn(256, 2, generator=_gen(20))
+    run = ff.train(model, x, steps=3, batch_size=32, out=str(tmp_path / "run"), progress=False)
+    gen = run.generator()
+    assert isinstance(gen, Generator) and isinstance(gen, PFGMGenerator)
+    assert gen.sample(5, steps=3, generator=_gen(21)).shape == (5, 2)
