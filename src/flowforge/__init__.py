@@ -48,6 +48,8 @@ _NAMES = {
     "TwinFlow": "flowforge.continuous",
     "FreeFlow": "flowforge.distill",
     "MeanFlow": "flowforge.continuous",
+    "PFGMPP": "flowforge.continuous",
+    "BlockwiseFlowMatching": "flowforge.continuous",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",
     "Flow": "flowforge.normalizing",

@@ -1,8 +1,16 @@
-"""Continuous flows: flow matching, rectified flow, stochastic interpolants."""
+"""Continuous flows: flow matching, rectified flow, stochastic interpolants, PFGM++, blockwise FM."""
 
+from flowforge.continuous.blockwise import (
+    BlockwiseFlowMatching,
+    BlockwiseGenerator,
+    BlockwiseVelocity,
+    SamplingCost,
+    SegmentTimes,
+)
 from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
 from flowforge.continuous.meanflow import MeanFlow, MeanFlowGenerator, MeanFlowTimes
+from flowforge.continuous.pfgm import PFGMPP, PFGMGenerator
 from flowforge.continuous.symmflow import SymmFlow, SymmFlowGenerator
 from flowforge.continuous.twinflow import TwinFlow, TwinFlowGenerator
 
@@ -18,4 +26,11 @@ __all__ = [
     "MeanFlow",
     "MeanFlowGenerator",
     "MeanFlowTimes",
+    "BlockwiseFlowMatching",
+    "BlockwiseGenerator",
+    "BlockwiseVelocity",
+    "SamplingCost",
+    "SegmentTimes",
+    "PFGMPP",
+    "PFGMGenerator",
 ]

@@ -4,6 +4,7 @@ conditioner of the normalizing-flow layers; ``PolicyMLP`` the GFlowNet policy.""
 from flowforge.nn.classifier import SmallCNN
 from flowforge.nn.dit import DiT
 from flowforge.nn.embeddings import FourierTime
+from flowforge.nn.flops import flops_per_eval
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
 from flowforge.nn.mmdit import MMDiT, MMDiTBlock
@@ -25,4 +26,5 @@ __all__ = [
     "PolicyMLP",
     "shared_trunk_policies",
     "SmallCNN",
+    "flops_per_eval",
 ]
