@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from flowforge.core.time import CosMap, LogitNormal, ModeSampler, Shifted, Uniform, UShaped, resolution_shift
+from flowforge.core.time import (
+    CosMap,
+    LogitNormal,
+    ModeSampler,
+    Shifted,
+    Uniform,
+    UShaped,
+    WithEndpoint,
+    resolution_shift,
+)
 
 N = 200_000
 
@@ -83,3 +92,19 @@ def test_samplers_are_reproducible_and_in_range():
         b = s(1000, generator=torch.Generator().manual_seed(1))
         assert torch.equal(a, b)
         assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def test_endpoint_atom_has_its_weight_and_leaves_the_rest_to_the_base():
+    t = _draw(WithEndpoint(LogitNormal(0.0, 1.0), at=1.0, weight=0.25))
+    atom = t == 1.0
+    assert abs(float(atom.double().mean()) - 0.25) < 4 * math.sqrt(0.25 * 0.75 / N)
+    rest = t[~atom]
+    assert _ks(rest, lambda s: torch.special.ndtr(torch.logit(s))) < 0.01  # the logit-normal CDF
+    # no atom: the base's draws bit for bit
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(
+        WithEndpoint(Uniform(), weight=0.0)(64, generator=g), Uniform()(64, generator=g.manual_seed(3))
+    )
+    for bad in ({"weight": 1.0}, {"weight": -0.1}, {"at": 1.5}):
+        with pytest.raises(ValueError):
+            WithEndpoint(Uniform(), **bad)

@@ -148,3 +148,23 @@ class Shifted(TimeSampler):
 
     def from_uniform(self, u: Tensor) -> Tensor:
         return resolution_shift(self.base.from_uniform(u), self.shift)
+
+
+class WithEndpoint(TimeSampler):
+    r"""Any sampler with an atom: ``t = at`` with probability ``weight``, else a draw of ``base``.
+
+    SymmFlow classifies from ``t = 1`` (clean image, pure-noise label code), where uniform ``t`` puts
+    almost no mass: elsewhere the label input still carries the code, so the network can read the
+    label instead of the image. An atom at 1 trains exactly the classification step.
+    """
+
+    def __init__(self, base: TimeSampler, at: float = 1.0, weight: float = 0.25) -> None:
+        if not 0.0 <= at <= 1.0:
+            raise ValueError(f"the atom must lie in [0, 1], got at={at}")
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"weight is a probability in [0, 1), got {weight}; e.g. weight=0.25")
+        self.base, self.at, self.weight = base, float(at), float(weight)
+
+    def from_uniform(self, u: Tensor) -> Tensor:
+        rest = self.base.from_uniform(((u - self.weight) / (1.0 - self.weight)).clamp(0.0, 1.0))
+        return torch.where(u < self.weight, torch.full_like(u, self.at), rest)

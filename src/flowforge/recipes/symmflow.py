@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.continuous import SymmFlow
+from flowforge.core.time import Uniform, WithEndpoint
 from flowforge.data import quantize
 from flowforge.nn import UNet
 from flowforge.recipes.common import image_picture, sample_grid_monitor
@@ -59,6 +60,7 @@ def build_symmflow(config: dict[str, Any]) -> SymmFlow:
         label_scale=config["label_scale"],
         label_noise=config["label_noise"],
         image_weight=config["image_weight"],
+        time=WithEndpoint(Uniform(), 1.0, float(config.get("classify_fraction", 0.0))),
     )
 
 
@@ -161,6 +163,7 @@ _SYMM = {
     "label_noise": 0.0,
     "image_weight": 0.7,
     "classify_steps": 1,
+    "classify_fraction": 0.0,
 }
 for _key in ("guidance", "guidance_schedule", "raag_alpha", "interval_lo", "interval_hi", "path", "gamma_a"):
     _SYMM.pop(_key)  # SymmFlow has its own path, time sampler and loss, and no guidance
