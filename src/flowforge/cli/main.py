@@ -85,6 +85,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    d = sub.add_parser("distill", help="train a few-step student of a flow-matching run (reflow, turbo)")
+    d.add_argument(
+        "--teacher", required=True, metavar="RUN", help="the teacher's run folder (moons, checkerboard, ...)"
+    )
+    d.add_argument(
+        "--method",
+        required=True,
+        help="reflow (rectified flow++ on teacher pairs) or turbo (FlowTurbo refiner)",
+    )
+    d.add_argument("--out", help="the student's run folder (default: RUN-METHOD, e.g. runs/moons-reflow)")
+    d.add_argument("--steps", type=_count, help="training steps (default: the recipe's)")
+    d.add_argument("--seed", type=_seed, default=0, help="seeds the teacher pairs, the weights and training")
+    d.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override recipe keys: --set time=uniform loss=mse (reflow), --set turbo_schedule=1-5-3 (turbo)",
+    )
+    d.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed distillation (its teacher pairs, then training)",
+    )
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run")
     s.add_argument("--n", type=_count, default=10_000)
@@ -203,6 +230,36 @@ def _train(a: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         print(f"trained {a.recipe} for {run.step} steps in {time.time() - t0:.1f}s -> {run.out}")
         print(f"next: flowforge sample {run.out} --n 10000 --out samples.png")
+    return 0
+
+
+def _distill(a: argparse.Namespace) -> int:
+    from flowforge.recipes import parse_sets
+    from flowforge.recipes.few_step import distill, distill_out, distill_recipe
+
+    t0 = time.time()
+    if a.out is not None and not a.out.strip():
+        raise ValueError(f"--out '' names no folder; write e.g. --out {distill_out(a.teacher, a.method)}")
+    name = distill_recipe(a.teacher, a.method)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank and not a.quiet:
+        out = a.out or distill_out(a.teacher, a.method)
+        print(f"distilling {a.teacher} by {a.method} ({name}) into {out}", file=sys.stderr)
+    run = distill(
+        a.teacher,
+        a.method,
+        overrides=parse_sets(a.set),
+        out=a.out,
+        steps=a.steps,
+        seed=a.seed,
+        resume=a.resume,
+        progress=not a.quiet,
+    )
+    if main_rank:
+        print(f"trained {name} for {run.step} steps in {time.time() - t0:.1f}s -> {run.out}")
+        print(
+            f"next: flowforge sample {run.out} --steps 1 --n 10000 --out samples.png; flowforge eval {run.out}"
+        )
     return 0
 
 
@@ -359,6 +416,10 @@ def _inpaint(a: argparse.Namespace) -> int:
 
 
 def _interrupted(a: argparse.Namespace) -> str:
+    if a.command == "distill":
+        return (
+            "interrupted; run the same flowforge distill command with --resume to continue where it stopped"
+        )
     if a.command != "train":
         return f"interrupted; {a.command} wrote nothing"
     from flowforge.recipes.run_folder import last_step
@@ -385,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "train":
             return _train(args)
+        if args.command == "distill":
+            return _distill(args)
         if args.command == "sample":
             return _sample(args)
         if args.command == "inpaint":

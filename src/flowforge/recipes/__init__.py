@@ -11,6 +11,7 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 from flowforge.recipes.common import DataSpaceGenerator  # noqa: E402
+from flowforge.recipes.few_step import distill  # noqa: E402
 from flowforge.recipes.flows2d import METRICS  # noqa: E402
 from flowforge.recipes.registry import (  # noqa: E402
     RECIPES,
@@ -36,6 +37,7 @@ __all__ = [
     "RECIPES",
     "DataSpaceGenerator",
     "Recipe",
+    "distill",
     "evaluate",
     "generator",
     "get_recipe",
