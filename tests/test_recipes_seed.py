@@ -41,6 +41,11 @@ TINY = {
     "height": 4,
     "n_preferences": 4,
     "threads": 1,
+    "pairs": 64,
+    "pair_batch": 32,
+    "pair_steps": 2,
+    "refiner_width": 8,
+    "refiner_channels": 8,
 }
 #: what a recipe needs on top (a target for the user-energy recipe, local MNIST files)
 EXTRA = {
@@ -70,6 +75,12 @@ for _name, _recipe in RECIPES.items():
         EXTRA[_name] = {k: v for k, v in _TINY_IMAGES.items() if k in _recipe.defaults}
 #: recipes that build on an autoencoder run (trained once, tiny, by the ``tiny_ae`` fixture)
 NEEDS_AE = {name for name, r in RECIPES.items() if "ae_run" in r.defaults}
+#: distillation recipes: their teacher run's recipe (trained once, tiny, by the ``tiny_teacher`` fixture)
+NEEDS_TEACHER = {
+    name: r.defaults["teacher_run"].removeprefix("runs/")
+    for name, r in RECIPES.items()
+    if "teacher_run" in r.defaults
+}
 SKIP = {
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
     **({} if ALDP.is_dir() else {"aldp-bg": f"alanine-dipeptide files not found at {ALDP}"}),
@@ -110,6 +121,20 @@ def tiny_ae(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    trained: dict[str, Path] = {}
+
+    def get(teacher: str) -> Path:
+        if teacher not in trained:
+            out = tmp_path_factory.mktemp("teacher") / teacher
+            train_recipe(teacher, overrides=_overrides(teacher), out=out, seed=0, progress=False)
+            trained[teacher] = out
+        return trained[teacher]
+
+    return get
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch, request):
     if name in SKIP:
@@ -118,6 +143,11 @@ def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch, request):
     overrides = _overrides(name)
     if name in NEEDS_AE:
         overrides["ae_run"] = str(request.getfixturevalue("tiny_ae"))
+    if name in NEEDS_TEACHER:
+        teacher = NEEDS_TEACHER[name]
+        if teacher in SKIP:
+            pytest.skip(SKIP[teacher])
+        overrides["teacher_run"] = str(request.getfixturevalue("tiny_teacher")(teacher))
     runs = {}
     for tag, seed in (("a", 3), ("b", 3), ("c", 4)):
         train_recipe(name, overrides=overrides, out=tmp_path / tag, seed=seed, progress=False)
