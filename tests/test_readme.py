@@ -58,3 +58,20 @@ def test_readme_gflownet_tour_runs(tmp_path, monkeypatch):
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["x"].shape == (1_000, 30)
     assert namespace["tb"].env.ndim == 4
+
+
+def test_readme_few_step_tour_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (code,) = [b for b in blocks if "MeanFlow(" in b]
+    code = (
+        code.replace("steps=4_000", "steps=20")
+        .replace("steps=2_000", "steps=20")
+        .replace("20_000, ", "256, ")
+        .replace("n=20_000", "n=2_000")
+    )
+    assert code.count("steps=20") == 3
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert namespace["one_step"].shape == (10_000, 2)
+    assert (tmp_path / "pairs.safetensors").is_file()
