@@ -180,7 +180,7 @@ def symmflow(args: argparse.Namespace) -> None:
     tr, te = image_set(cfg, "train"), image_set(cfg, "test")
     levels = tr.levels
     torch.manual_seed(0)
-    clf = SmallCNN(width=args.clf_width, feature_dim=256)
+    clf = SmallCNN(image_size=int(tr.x.shape[-1]), width=args.clf_width, feature_dim=256)
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(args.steps):
