@@ -235,7 +235,7 @@ def _train(a: argparse.Namespace) -> int:
 
 def _distill(a: argparse.Namespace) -> int:
     from flowforge.recipes import parse_sets
-    from flowforge.recipes.few_step import distill, distill_out, distill_recipe
+    from flowforge.recipes import distill, distill_out, distill_recipe
 
     t0 = time.time()
     if a.out is not None and not a.out.strip():

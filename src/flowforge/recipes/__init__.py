@@ -11,7 +11,7 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 from flowforge.recipes.common import DataSpaceGenerator  # noqa: E402
-from flowforge.recipes.few_step import distill  # noqa: E402
+from flowforge.recipes.few_step import distill, distill_out, distill_recipe  # noqa: E402
 from flowforge.recipes.flows2d import METRICS  # noqa: E402
 from flowforge.recipes.registry import (  # noqa: E402
     RECIPES,
@@ -38,6 +38,8 @@ __all__ = [
     "DataSpaceGenerator",
     "Recipe",
     "distill",
+    "distill_out",
+    "distill_recipe",
     "evaluate",
     "generator",
     "get_recipe",
