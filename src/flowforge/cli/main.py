@@ -234,8 +234,7 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _distill(a: argparse.Namespace) -> int:
-    from flowforge.recipes import parse_sets
-    from flowforge.recipes import distill, distill_out, distill_recipe
+    from flowforge.recipes import distill, distill_out, distill_recipe, parse_sets
 
     t0 = time.time()
     if a.out is not None and not a.out.strip():
