@@ -356,7 +356,7 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> dict:
     fm = M.teacher()
     tg = fm.generator()
     row("teacher, Euler", lambda k: tg.sample(n, x0=x0, solver="euler", steps=k))
-    row("teacher, Heun", lambda k: tg.sample(n, x0=x0, solver="heun", steps=k // 2), (2, 4, 8))
+    row("teacher, Heun (NFE/2 steps)", lambda k: tg.sample(n, x0=x0, solver="heun", steps=k // 2), (2, 4, 8))
     with torch.no_grad():
         r = S.solve(tg.field, x0, S.Dopri5(atol=args.dopri_tol, rtol=args.dopri_tol), S.uniform_grid(1))
     res["dopri"] = {"swd": score(r.x), "nfe": r.nfe, "tol": args.dopri_tol}
@@ -389,7 +389,7 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> dict:
         "reflow uniform + L2": straightness(rf_abl.velocity, x0[:m], steps=64),
     }
     print(
-        "  straightness S: " + ", ".join(f"{k} {v:.4f}" for k, v in res["straightness"].items()), flush=True
+        "  straightness S: " + ", ".join(f"{k} {v:.3g}" for k, v in res["straightness"].items()), flush=True
     )
 
     fr = M.freeflow(fm)
@@ -625,7 +625,10 @@ def quality_table(res: dict) -> list[str]:
         + f"{res['blockwise']['params']} parameters against the teacher's {res['blockwise']['teacher_params']}; "
         + "teacher-FLOP equivalent "
         + ", ".join(f"NFE {k}: {v:.2f}" for k, v in bw.items())
-        + ". PFGM++ NFE 1 is its denoiser at sigma_max (the data mean).",
+        + ". PFGM++ NFE 1 is its denoiser at sigma_max (the data mean). MeanFlow: adaptive-weight power "
+        + f"p = {MEANFLOW_P:g} (see MEANFLOW_P), 1 = one jump u(x0, 0, 1); TwinFlow: the official UCGM sampler "
+        + "('few', re-noising 1); reflow: Euler on the student; FreeFlow: one jump only (trained from the "
+        + "prior, s = 0).",
     ]
     return out
 
@@ -665,7 +668,7 @@ def reflow_table(results: list[dict]) -> list[str]:
         s, r = res["straightness"], res["rows"]
         a, b = r["reflow rf++ (Euler)"], r["reflow uniform + L2 (Euler)"]
         out.append(
-            f"| {res['name']} | {s['teacher']:.4f} | {s['reflow rf++']:.4f} | {s['reflow uniform + L2']:.4f} | "
+            f"| {res['name']} | {s['teacher']:.3g} | {s['reflow rf++']:.3g} | {s['reflow uniform + L2']:.3g} | "
             f"{r['teacher, Euler'][1]:.4f} | {a[1]:.4f} | {b[1]:.4f} | {a[2]:.4f} | {b[2]:.4f} | "
             f"{'yes' if a[1] < b[1] else 'no'} |"
         )
@@ -803,6 +806,7 @@ def main() -> None:
     p.add_argument(
         "--results", default=None, help="markdown output (default RESULTS-few_step.md; quick: none)"
     )
+    p.add_argument("--report", default=None, help="only re-render the tables from a saved results.json")
     args = p.parse_args()
     if args.quick:
         args.steps, args.distill_steps, args.pairs, args.n = 300, 150, 2000, 5000
@@ -820,15 +824,66 @@ def main() -> None:
     )
     print(header, flush=True)
 
-    results = []
-    for name in datasets:
-        res = evaluate_dataset(name, args)
-        res["n"] = args.n
-        results.append(res)
-    first = results[0]
-    print("\ntiming the training steps (interleaved)...", flush=True)
-    cost = time_costs(first["_teacher"], first["_sc"], first["name"], args)
+    state_path = Path(args.cache) / "results.json"
+    if args.report:
+        state = json.loads(Path(args.report).read_text())
+        for res in state["results"]:
+            res["rows"] = {k: {int(n): v for n, v in r.items()} for k, r in res["rows"].items()}
+            res["turbo"]["schedules"] = {int(k): v for k, v in res["turbo"]["schedules"].items()}
+            res["blockwise"]["teacher_equivalent"] = {
+                int(k): v for k, v in res["blockwise"]["teacher_equivalent"].items()
+            }
+        args = argparse.Namespace(**(state["args"] | {"report": args.report, "results": args.results}))
+        results_path = args.results or (None if args.quick else str(HERE / "RESULTS-few_step.md"))
+    else:
+        results = []
+        for name in datasets:
+            res = evaluate_dataset(name, args)
+            res["n"] = args.n
+            results.append(res)
+        first = results[0]
+        print("\ntiming the training steps (interleaved)...", flush=True)
+        cost = time_costs(first["_teacher"], first["_sc"], first["name"], args)
+        for res in results:
+            del res["_teacher"], res["_sc"]
+        state = {
+            "args": vars(args),
+            "header": header,
+            "results": results,
+            "cost": cost,
+            "wall_s": time.perf_counter() - w0,
+            "cpu_s": time.process_time() - c0,
+        }
+        Path(args.cache).mkdir(parents=True, exist_ok=True)
+        _atomic_text(state_path, json.dumps(state, indent=1))
+    text, summary = render(state, args)
+    print("\n" + text)
+    print("\nitem 2 verdicts: " + " | ".join(summary))
+    if results_path:
+        cmd = "python benchmarks/few_step.py" + (
+            "" if not args.datasets else " --datasets " + " ".join(args.datasets)
+        )
+        doc = "\n".join(
+            [
+                "# Few-step and one-step generation on 2-D toys (`benchmarks/few_step.py`)",
+                "",
+                f"Command: `OMP_NUM_THREADS={args.threads} {cmd}` (re-render the tables from the saved "
+                f"numbers: `--report {Path(args.cache).name}/results.json` in the cache folder).",
+                "",
+                f"Machine: {state['header']}.",
+                "",
+                text,
+                "",
+            ]
+        )
+        _atomic_text(Path(results_path), doc)
+        print(f"wrote {results_path}")
 
+
+def render(state: dict, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The markdown report of a finished run and the item-2 verdicts, one line per data set."""
+    results, cost = state["results"], state["cost"]
+    first = results[0]
     lines = ["## 1. Sample quality against network evaluations (SWD, lower is better)", ""]
     for res in results:
         lines += quality_table(res) + [""]
@@ -853,46 +908,33 @@ def main() -> None:
         "## 5. PFGM++ under a fixed denoiser error (item 5)",
         "",
         f"SWD of {results[0]['pfgm']['n']} samples (EDM Heun, 18 steps = 35 NFE, sigma in "
-        f"[0.002, {PFGM_SIGMA_MAX:g}]); the error is a constant alpha * (1, 1)/sqrt(2) added to the "
-        "denoiser's noise prediction eps = (x - D)/sigma, i.e. D -> D - alpha sigma e. Same net, steps and data for every D.",
+        f"[0.002, {PFGM_SIGMA_MAX:g}]) to as many fresh points (floor "
+        + ", ".join(f"{r['name']} {r['pfgm']['floor']:.4f}" for r in results)
+        + "); the error is a constant alpha * (1, 1)/sqrt(2) added to the denoiser's noise prediction "
+        "eps = (x - D)/sigma, i.e. D -> D - alpha sigma e. Same net, steps and data for every D.",
         "",
     ]
     lines += pfgm_table(results) + [""]
     lines += ["## 7. TwinFlow at 1 step against MeanFlow and distilled students (item 7)", ""]
     lines += twin_table(results, cost, args) + [""]
-    lines += ["## Training runs", ""]
+    lines += ["## Training runs (wall under a shared, loaded CPU; CPU = process time)", ""]
+    train_cpu = 0.0
     for res in results:
         parts = []
         for k, v in res["info"].items():
             if "train_wall_s" in v:
+                train_cpu += v["train_cpu_s"]
                 parts.append(
                     f"{k} {v['train_wall_s']} s wall / {v['train_cpu_s']} s CPU, loss {v['final_loss']:.4g}"
                     + (" (cached)" if v.get("cached") else "")
                 )
         lines.append(f"- {res['name']}: " + "; ".join(parts))
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    lines += ["", f"Total: {wall:.0f} s wall, {cpu:.0f} s CPU (this run; cached models are not retrained)."]
-    text = "\n".join(lines)
-    print("\n" + text)
-    print("\nitem 2 verdicts: " + " | ".join(summary))
-    if results_path:
-        cmd = "python benchmarks/few_step.py" + (
-            "" if not args.datasets else " --datasets " + " ".join(args.datasets)
-        )
-        doc = "\n".join(
-            [
-                "# Few-step and one-step generation on 2-D toys (`benchmarks/few_step.py`)",
-                "",
-                f"Command: `OMP_NUM_THREADS={args.threads} {cmd}`",
-                "",
-                f"Machine: {header}.",
-                "",
-                text,
-                "",
-            ]
-        )
-        _atomic_text(Path(results_path), doc)
-        print(f"wrote {results_path}")
+    lines += [
+        "",
+        f"This run: {state['wall_s']:.0f} s wall, {state['cpu_s']:.0f} s CPU (cached models are loaded, not "
+        f"retrained); the training of all models took {train_cpu:.0f} s CPU when they were trained.",
+    ]
+    return "\n".join(lines), summary
 
 
 if __name__ == "__main__":
