@@ -867,8 +867,8 @@ def main() -> None:
             [
                 "# Few-step and one-step generation on 2-D toys (`benchmarks/few_step.py`)",
                 "",
-                f"Command: `OMP_NUM_THREADS={args.threads} {cmd}` (re-render the tables from the saved "
-                f"numbers: `--report {Path(args.cache).name}/results.json` in the cache folder).",
+                f"Command: `OMP_NUM_THREADS={args.threads} {cmd}`; the numbers are saved in "
+                f"`{_shown(Path(args.cache) / 'results.json')}`, `--report` that file re-renders this page.",
                 "",
                 f"Machine: {state['header']}.",
                 "",
@@ -878,6 +878,14 @@ def main() -> None:
         )
         _atomic_text(Path(results_path), doc)
         print(f"wrote {results_path}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
 
 
 def render(state: dict, args: argparse.Namespace) -> tuple[str, list[str]]:
