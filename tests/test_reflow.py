@@ -333,6 +333,8 @@ def test_student_starts_from_the_teacher_weights():
     with pytest.raises(ValueError, match="architecture"):
         Reflow(MLP(dim=2, width=8, depth=1), init_from=teacher)
     assert isinstance(Reflow.from_teacher(rf).net, MLP)  # a further round starts from the round-1 student
+    teacher.requires_grad_(False)  # e.g. frozen by a refiner or FreeFlow built on the same teacher
+    assert all(p.requires_grad for p in Reflow.from_teacher(teacher).parameters())
 
 
 def test_reflow_on_exact_pairs_gives_a_straight_field_whose_one_euler_step_lands_on_the_target(tmp_path):

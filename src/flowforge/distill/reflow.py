@@ -551,7 +551,7 @@ class Reflow(nn.Module):
             raise TypeError(
                 f"from_teacher needs a FlowMatching, a Reflow or an nn.Module, got {type(teacher).__name__}"
             )
-        return cls(copy.deepcopy(net), **kwargs)
+        return cls(copy.deepcopy(net).requires_grad_(True), **kwargs)
 
     @property
     def net(self) -> nn.Module:
