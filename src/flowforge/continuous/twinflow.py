@@ -287,13 +287,7 @@ class TwinFlow(nn.Module):
         >>> import torch
         >>> from flowforge.continuous import TwinFlow
         >>> from flowforge.nn import MLP
-        >>> class TwoTime(torch.nn.Module):  # u(x, s, t): x and s into an MLP whose time is t
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.mlp = MLP(dim=3, width=32, depth=2, out_dim=2)
-        ...     def forward(self, x, t, r):
-        ...         return self.mlp(torch.cat([x, r[:, None]], 1), t)
-        >>> tf = TwinFlow(TwoTime())
+        >>> tf = TwinFlow(MLP(dim=2, width=32, depth=2, two_times=True))
         >>> g = torch.Generator().manual_seed(0)
         >>> loss = tf.loss(torch.randn(64, 2), generator=g)
         >>> loss.backward()

@@ -114,14 +114,8 @@ class FreeFlow(nn.Module):
         >>> import torch
         >>> from flowforge.distill import FreeFlow
         >>> from flowforge.nn import MLP
-        >>> class TwoTime(torch.nn.Module):  # u(x, s, t): x and s into an MLP whose time is t
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.mlp = MLP(dim=3, width=32, depth=2, out_dim=2)
-        ...     def forward(self, x, t, r):
-        ...         return self.mlp(torch.cat([x, r[:, None]], 1), t)
         >>> teacher = MLP(dim=2, width=32, depth=2)  # a trained velocity in practice
-        >>> ff = FreeFlow(TwoTime(), teacher, event_shape=(2,))
+        >>> ff = FreeFlow(MLP(dim=2, width=32, depth=2, two_times=True), teacher, event_shape=(2,))
         >>> g = torch.Generator().manual_seed(0)
         >>> ff.loss(64, generator=g).backward()  # a batch size: no data is read
         >>> ff.generator().sample(8, generator=g).shape
