@@ -116,3 +116,20 @@ class DiagGaussianTargets:
         """Mean and per-coordinate variance of ``x_t`` at one time ``t``; each ``(d,)``."""
         c = self.coefficients(torch.tensor([t], dtype=self.m.dtype))
         return (c["alpha"] * self.m)[0], c["v"][0]
+
+
+def linear_std(t: Tensor, c: Tensor) -> Tensor:
+    """Std ``(B, d)`` of ``x_t = t x1 + (1 - t) x0`` for ``x0 ~ N(0, I)``, ``x1 ~ N(m, diag c^2)``."""
+    return torch.sqrt(t[:, None] ** 2 * c**2 + (1 - t[:, None]) ** 2)
+
+
+def linear_velocity(x: Tensor, t: Tensor, m: Tensor, c: Tensor) -> Tensor:
+    """The exact marginal velocity of that linear path at ``x: (B, d)``, ``t: (B,)``."""
+    sig = linear_std(t, c)
+    dsig = (t[:, None] * c**2 - (1 - t[:, None])) / sig
+    return m + dsig / sig * (x - t[:, None] * m)
+
+
+def linear_flow_map(x: Tensor, s: Tensor, t: Tensor, m: Tensor, c: Tensor) -> Tensor:
+    """The exact flow map ``X_{s,t}(x)`` of that velocity (an affine map per coordinate)."""
+    return t[:, None] * m + linear_std(t, c) / linear_std(s, c) * (x - s[:, None] * m)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from gaussian import linear_flow_map, linear_std, linear_velocity
 from torch import nn
 
 from flowforge.core.time import TimeSampler
@@ -23,18 +24,15 @@ M = torch.tensor([1.5, -0.7], dtype=D64)
 C = torch.tensor([0.3, 2.0], dtype=D64)
 
 
-def _sig(t, c):
-    return torch.sqrt(t[:, None] ** 2 * c**2 + (1 - t[:, None]) ** 2)
+_sig = linear_std
 
 
 def velocity(x, t, m=M, c=C):
-    sig = _sig(t, c)
-    dsig = (t[:, None] * c**2 - (1 - t[:, None])) / sig
-    return m + dsig / sig * (x - t[:, None] * m)
+    return linear_velocity(x, t, m, c)
 
 
 def flow(x, s, t, m=M, c=C):
-    return t[:, None] * m + _sig(t, c) / _sig(s, c) * (x - s[:, None] * m)
+    return linear_flow_map(x, s, t, m, c)
 
 
 class GaussVelocity(nn.Module):
