@@ -209,6 +209,47 @@ def test_digits_teacher_reflow_and_turbo(runs, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------
+# freeflow (no data)
+
+
+def test_freeflow_student_starts_as_the_teacher_and_jumps(runs, tmp_path, capsys):
+    teacher, out = runs / "moons", tmp_path / "ff"
+    argv = ["distill", "--teacher", str(teacher), "--method", "freeflow", "--out", str(out), "--quiet"]
+    assert main([*argv, "--steps", "3", "--set", "warmup=0", "batch_size=64"]) == 0
+    model, config = load_run(out)
+    fm, _ = load_run(teacher)
+    assert config["recipe"] == "moons-freeflow" and model.corrector is not None
+    z0 = torch.randn((100, 2), generator=torch.Generator().manual_seed(1))
+    for k, v in fm.net.state_dict().items():  # the frozen teacher is the teacher run's EMA net
+        assert torch.equal(model.teacher.state_dict()[k], v), k
+    assert model.student.two_times and not any(p.requires_grad for p in model.teacher.parameters())
+    npy = tmp_path / "f.npy"
+    cmd = ["sample", str(out), "--n", "100", "--seed", "1", "--no-qmc", "--out", str(npy)]
+    assert main(cmd) == 0
+    with torch.no_grad():  # the default is one jump x0 + u(x0, 0, 1)
+        ref = z0 + model.average_velocity(z0, torch.zeros(100), torch.ones(100))
+    std = Standardizer.from_dict(config["teacher"]["standardizer"])
+    torch.testing.assert_close(torch.from_numpy(np.load(npy)), std.inverse(ref))
+    res = _eval(capsys, str(out), "--n", "300")
+    assert (res["method"], res["solver"], res["steps"]) == ("freeflow", "jump", 1) and res["swd"] > 0
+    assert "--solver does not apply" in _error(capsys, [*cmd[:-2], "--solver", "heun", "--out", str(npy)])
+    assert "corrector_fraction" in _error(capsys, [*argv[:-1], "--set", "corrector_fraction=1"])
+
+
+def test_freeflow_of_a_class_conditional_image_teacher(runs, tmp_path, capsys):
+    out = tmp_path / "ff"
+    assert main(["distill", "--teacher", str(runs / "digits"), "--method", "freeflow", "--out", str(out), "--steps", "2", "--quiet", "--set", "batch_size=8", "warmup=0"]) == 0  # fmt: skip
+    model, _ = load_run(out)
+    assert model.num_classes == 10 and model.student.two_times
+    npy = tmp_path / "f.npy"
+    assert main(["sample", str(out), "--n", "6", "--label", "3", "--out", str(npy)]) == 0
+    x = np.load(npy)
+    assert x.shape == (6, 1, 8, 8) and x.dtype == np.uint8
+    res = _eval(capsys, str(out), "--n", "20", "--metrics", "fd,acc")
+    assert {"fd", "acc"} <= set(res) and res["nfe"] == 1 and res["method"] == "freeflow"
+
+
+# ---------------------------------------------------------------------------------------------------
 # sample --steps 1 of a flow-matching run, and bad inputs
 
 

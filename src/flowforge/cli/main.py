@@ -85,14 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    d = sub.add_parser("distill", help="train a few-step student of a flow-matching run (reflow, turbo)")
+    d = sub.add_parser(
+        "distill", help="train a few-step student of a flow-matching run (reflow, turbo, freeflow)"
+    )
     d.add_argument(
         "--teacher", required=True, metavar="RUN", help="the teacher's run folder (moons, checkerboard, ...)"
     )
     d.add_argument(
         "--method",
         required=True,
-        help="reflow (rectified flow++ on teacher pairs) or turbo (FlowTurbo refiner)",
+        help="reflow (rectified flow++ on teacher pairs), turbo (FlowTurbo refiner) or freeflow (no data)",
     )
     d.add_argument("--out", help="the student's run folder (default: RUN-METHOD, e.g. runs/moons-reflow)")
     d.add_argument("--steps", type=_count, help="training steps (default: the recipe's)")

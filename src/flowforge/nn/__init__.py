@@ -10,6 +10,7 @@ from flowforge.nn.mlp import MLP
 from flowforge.nn.mmdit import MMDiT, MMDiTBlock
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
 from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
+from flowforge.nn.two_times import with_two_times
 from flowforge.nn.unet import UNet
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "shared_trunk_policies",
     "SmallCNN",
     "flops_per_eval",
+    "with_two_times",
 ]

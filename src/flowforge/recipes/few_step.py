@@ -1,5 +1,6 @@
 r"""Few-step students of a trained flow-matching run: ``<teacher>-reflow``, ``<teacher>-turbo`` and
-:func:`distill` (``flowforge distill --teacher RUN --method reflow|turbo``).
+:func:`distill` (``flowforge distill --teacher RUN --method reflow|turbo``; ``freeflow`` lives in
+:mod:`flowforge.recipes.few_step_freeflow`).
 
 A few-step run distils a TEACHER run, a flow-matching run of one of :data:`TEACHERS` (``moons``,
 ``checkerboard``, ``eight-gaussians``; ``digits``, ``mnist``), named by ``--set teacher_run=FOLDER``
