@@ -70,7 +70,7 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _batches(run: str, model: torch.nn.Module, config: dict[str, Any]) -> Any:
+def _batches(run: str, config: dict[str, Any]) -> Any:
     """A ``(batch_size, generator) -> batch`` of the run's own training data (None: batch requests)."""
     data, _ = get_recipe(config["recipe"]).data(dict(config))
     if data is not None and getattr(data, "path", "unset") is None:  # reflow: the run's pair file
@@ -86,12 +86,14 @@ def cost(args: argparse.Namespace) -> list[dict[str, Any]]:
         model, config = load_run(run)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        setups.append((run, config, model, torch.optim.Adam(params, lr=1e-4), _batches(run, model, config)))
+        setups.append((run, config, model, torch.optim.Adam(params, lr=1e-4), _batches(run, config)))
     times: dict[str, list[float]] = {run: [] for run in runs}
     g = torch.Generator().manual_seed(0)
     for _ in range(args.rounds):
         for run, _config, model, opt, data in setups:
-            batch_at = (lambda: BatchRequest(64, g, torch.device("cpu"))) if data is None else (lambda: data(64, g))  # noqa: B023
+            batch_at = (
+                (lambda: BatchRequest(64, g, torch.device("cpu"))) if data is None else (lambda: data(64, g))
+            )  # noqa: B023
             for i in range(args.steps_timed + 1):  # the first step of a round warms up
                 batch = batch_at()
                 t0 = time.perf_counter()
@@ -103,7 +105,7 @@ def cost(args: argparse.Namespace) -> list[dict[str, Any]]:
                     times[run].append(time.perf_counter() - t0)
     base = statistics.median(times[args.teacher])
     rows = []
-    for run, config, model, _opt, _data in setups:
+    for run, config, _model, _opt, _data in setups:
         ms = statistics.median(times[run])
         steps = int(config["steps"])
         row = {"model": f"{_method(config)} ({run})", "ms_per_step": 1000 * ms, "x_fm_per_step": ms / base}

@@ -38,3 +38,14 @@ def test_mnist_recipes_use_the_mnist_unet_with_a_second_time():
     for name in ("mnist-meanflow", "mnist-twinflow"):
         d = get_recipe(name).defaults
         assert (d["dataset"], d["channels"], d["mults"], d["sample_steps"]) == ("mnist", 16, "1-2-4", 1)
+
+
+def test_bad_settings_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown loss 'l1'; choose one of mse, barron"):
+        train_recipe(
+            "digits-twinflow", overrides={**TINY, "loss": "l1"}, out=tmp_path / "a", steps=1, progress=False
+        )
+    with pytest.raises(ValueError, match="diagonal"):
+        train_recipe(
+            "digits-meanflow", overrides={**TINY, "diagonal": 2}, out=tmp_path / "b", steps=1, progress=False
+        )

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.continuous import MeanFlow, MeanFlowTimes, TwinFlow
+from flowforge.core.choices import unknown_choice
 from flowforge.core.objectives import SquaredError
 from flowforge.core.time import LogitNormal
 from flowforge.data import quantize
@@ -81,12 +82,22 @@ def build_image_meanflow(config: dict[str, Any]) -> MeanFlow:
     )
 
 
+#: TwinFlow's distances by name: ``mse`` (the official MNIST tutorial's L2), ``barron`` (its default).
+TWIN_DISTANCES: dict[str, Callable[[], Any]] = {"mse": SquaredError, "barron": lambda: None}
+
+
+def _twin_distance(config: dict[str, Any]) -> Any:
+    if config["loss"] not in TWIN_DISTANCES:
+        raise unknown_choice("loss", config["loss"], TWIN_DISTANCES, hint="--set loss=mse")
+    return TWIN_DISTANCES[config["loss"]]()
+
+
 def build_image_twinflow(config: dict[str, Any]) -> TwinFlow:
     """TwinFlow on a two-time UNet with the official MNIST tutorial's L2 distance and ``enhance``."""
     return TwinFlow(
         _unet(config),
         enhance=config["enhance"],
-        distance=SquaredError() if config["loss"] == "mse" else None,
+        distance=_twin_distance(config),
         label_dropout=_label_dropout(config),
         event_shape=tuple(config["image_shape"]),
     )
@@ -191,7 +202,6 @@ _METHODS: dict[str, tuple[Callable[[dict[str, Any]], nn.Module], dict[str, Any],
             "adaptive_c": 1e-2,
             "omega": 1.0,
             "kappa": 0.0,
-            "loss": "mse",
         },
         "MeanFlow (average velocity by the MeanFlow identity, JVP) on {name}; 1-step sampling",
     ),
