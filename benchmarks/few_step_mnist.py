@@ -91,11 +91,8 @@ def cost(args: argparse.Namespace) -> list[dict[str, Any]]:
     g = torch.Generator().manual_seed(0)
     for _ in range(args.rounds):
         for run, _config, model, opt, data in setups:
-            batch_at = (
-                (lambda: BatchRequest(64, g, torch.device("cpu"))) if data is None else (lambda: data(64, g))
-            )  # noqa: B023
             for i in range(args.steps_timed + 1):  # the first step of a round warms up
-                batch = batch_at()
+                batch = BatchRequest(64, g, torch.device("cpu")) if data is None else data(64, g)
                 t0 = time.perf_counter()
                 loss = model.loss(batch)
                 opt.zero_grad(set_to_none=True)

@@ -28,3 +28,16 @@ def test_meanflow_recipe_learns_a_one_step_map(tmp_path):
     """300 steps already beat a flow-matching teacher's single Euler step by far (SWD 0.6 on moons)."""
     train_recipe("moons-meanflow", overrides={"threads": 1}, out=tmp_path / "mf", steps=300, progress=False)
     assert evaluate(tmp_path / "mf", n_samples=2000, seed=0, metrics=["swd"])["swd"] < 0.3
+
+
+def test_meanflow_time_law_by_name_and_old_configs():
+    from flowforge.core.time import LogitNormal, Uniform
+    from flowforge.recipes import get_recipe
+    from flowforge.recipes.one_step2d import meanflow_times
+
+    config = dict(get_recipe("moons-meanflow").defaults)
+    assert isinstance(meanflow_times(config).base, Uniform) and meanflow_times(config).diagonal == 0.25
+    config.pop("time")  # a run saved before the key existed drew logit-normal times
+    assert isinstance(meanflow_times(config).base, LogitNormal)
+    with pytest.raises(ValueError, match="unknown time 'beta'"):
+        meanflow_times({**config, "time": "beta"})

@@ -23,10 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowforge.continuous import MeanFlow, MeanFlowTimes, TwinFlow
+from flowforge.continuous import MeanFlow, TwinFlow
 from flowforge.core.choices import unknown_choice
 from flowforge.core.objectives import SquaredError
-from flowforge.core.time import LogitNormal
 from flowforge.data import quantize
 from flowforge.nn import UNet
 from flowforge.recipes.common import image_picture, sample_grid_monitor
@@ -42,6 +41,7 @@ from flowforge.recipes.images import (
     load_images,
     sample_in_chunks,
 )
+from flowforge.recipes.one_step2d import meanflow_times
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = ["build_image_meanflow", "build_image_twinflow", "JumpImages"]
@@ -69,10 +69,9 @@ def _label_dropout(config: dict[str, Any]) -> float:
 def build_image_meanflow(config: dict[str, Any]) -> MeanFlow:
     """MeanFlow on a two-time UNet: logit-normal times, a ``diagonal`` share of ``r = t`` rows, the
     adaptive weight ``1/(l + c)^p``, optional training guidance ``omega``/``kappa``."""
-    times = MeanFlowTimes(LogitNormal(config["time_loc"], config["time_scale"]), diagonal=config["diagonal"])
     return MeanFlow(
         _unet(config),
-        times=times,
+        times=meanflow_times(config),
         p=config["adaptive_p"],
         c=config["adaptive_c"],
         label_dropout=_label_dropout(config),
@@ -195,6 +194,7 @@ _METHODS: dict[str, tuple[Callable[[dict[str, Any]], nn.Module], dict[str, Any],
         build_image_meanflow,
         # the paper's ImageNet sampler in our direction (logit-normal(0.4, 1)), 75% r = t, p = 1, c = 1e-2
         {
+            "time": "logit-normal",
             "time_loc": 0.4,
             "time_scale": 1.0,
             "diagonal": 0.75,
