@@ -8,7 +8,7 @@ part prints a table and appends JSON lines to ``--json``.
     python benchmarks/images.py refs --data-dir ../shared/data/mnist
     python benchmarks/images.py nfe runs/mnist runs/latent --n 2000
     python benchmarks/images.py guidance runs/mnist --n 2000
-    python benchmarks/images.py inpaint runs/inpaint --n 1000
+    python benchmarks/images.py inpaint runs/inpaint --n 1000 [--settings 4:1 4:3 2:5] [--first 1000 --seed 1]
     python benchmarks/images.py symmflow runs/symmflow runs/mnist1200 --steps 1200
     python benchmarks/images.py run runs/semantic --n 2000 [--guidance 2]
 """
@@ -113,17 +113,29 @@ def guidance(args: argparse.Namespace) -> None:
 
 
 def inpaint(args: argparse.Namespace) -> None:
-    """Inpainting of 50% holes (a random side of each of ``n`` test images)."""
+    """Inpainting of 50% holes (a random side of each of ``n`` test images from ``--first``), at each
+    ``--settings STEPS:W`` (Euler steps, context guidance), and the 1-NN fill reference (from image 0)."""
+    from flowforge.recipes import load_run
+    from flowforge.recipes.images import _inpaint_eval, image_fm_generator, image_fm_sample_kwargs, image_set
+
+    model, config = load_run(args.runs[0])
+    guided = float(config.get("context_dropout", 0.0)) > 0
+    settings = (
+        [(int(a), float(b)) for a, b in (v.split(":") for v in args.settings)]
+        if args.settings
+        else [(steps, w) for steps in (4, 10) for w in ((1.0, 2.0, 3.0) if guided else (1.0,))]
+    )
+    test = image_set(config, "test")
+    x, y = test.x[args.first : args.first + args.n], test.y[args.first : args.first + args.n]
     rows = []
-    guided = float(read_config(args.runs[0]).get("context_dropout", 0.0)) > 0
-    for steps in (4, 10):
-        for w in (1.0, 2.0, 3.0) if guided else (1.0,):
-            opts: dict[str, Any] = {"guidance": w} if w != 1.0 else {}
-            res = evaluate(
-                args.runs[0], n_samples=args.n, seed=0, metrics=["known", "fill_acc"], steps=steps, **opts
-            )
-            rows.append({"steps": steps, "context guidance": w, **res})
-    rows.append({"steps": 0, "context guidance": "1-NN fill (reference)", **_nn_fill(args)})
+    for steps, w in settings:
+        given = {"steps": steps, **({"guidance": w} if w != 1.0 else {})}
+        kw = image_fm_sample_kwargs(config, given, len(x))
+        res = _inpaint_eval(image_fm_generator(model, config), config, x, y, len(x), args.seed, **kw)
+        rows.append({"first": args.first, "n": len(x), "steps": steps, "context guidance": w, **res})
+        print(rows[-1], flush=True)
+    if args.first == 0 and not args.settings:
+        rows.append({"steps": 0, "context guidance": "1-NN fill (reference)", **_nn_fill(args)})
     _emit(args, rows, "Inpainting 50% holes (MNIST test images)")
 
 
@@ -237,6 +249,9 @@ def main() -> None:
     p.add_argument("--steps-sample", type=int)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--clf-width", type=int, default=48)
+    p.add_argument("--settings", nargs="*", help="inpaint: STEPS:W entries (Euler steps, context guidance)")
+    p.add_argument("--first", type=int, default=0, help="inpaint: index of the first test image")
+    p.add_argument("--seed", type=int, default=0, help="inpaint: seed of the sides and the noise")
     p.add_argument("--grid", nargs="*", help="nfe: SOLVER:STEPS entries (default: the full grid)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
