@@ -96,8 +96,9 @@ def _task(config: dict[str, Any]) -> str:
     return str(config.get("task", "generate"))
 
 
-def build_image_net(config: dict[str, Any]) -> nn.Module:
-    """The network of an image flow run: ``unet``, ``dit`` or ``mmdit`` (semantic maps)."""
+def build_image_net(config: dict[str, Any], *, two_times: bool = False) -> nn.Module:
+    """The network of an image flow run: ``unet``, ``dit`` or ``mmdit`` (semantic maps); ``two_times``:
+    a UNet or DiT that also takes a start time ``r`` (flow-map models such as MeanFlow)."""
     c, h = int(config["image_shape"][0]), int(config["image_shape"][1])
     classes = N_CLASSES if config["conditional"] else None
     extra = c + 1 if _task(config) == "inpaint" else 0
@@ -113,6 +114,7 @@ def build_image_net(config: dict[str, Any]) -> nn.Module:
             num_classes=classes,
             extra_channels=extra,
             dropout=config["dropout"],
+            two_times=two_times,
         )
     if kind == "dit":
         return DiT(
@@ -124,8 +126,11 @@ def build_image_net(config: dict[str, Any]) -> nn.Module:
             heads=config["heads"],
             num_classes=classes,
             extra_channels=extra,
+            two_times=two_times,
         )
     if kind == "mmdit":
+        if two_times:
+            raise ValueError("the MM-DiT takes one time; flow-map recipes use --set net=unet or net=dit")
         return MMDiT(
             image_size=h,
             in_channels=c,

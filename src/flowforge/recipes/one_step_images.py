@@ -27,13 +27,11 @@ from flowforge.continuous import MeanFlow, TwinFlow
 from flowforge.core.choices import unknown_choice
 from flowforge.core.objectives import SquaredError
 from flowforge.data import quantize
-from flowforge.nn import UNet
 from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
-    N_CLASSES,
     _balanced_labels,
-    _ints,
+    build_image_net,
     check_images,
     image_fm_data,
     image_metrics_of,
@@ -47,19 +45,8 @@ from flowforge.recipes.registry import Recipe, register
 __all__ = ["build_image_meanflow", "build_image_twinflow", "JumpImages"]
 
 
-def _unet(config: dict[str, Any]) -> UNet:
-    c = int(config["image_shape"][0])
-    return UNet(
-        in_channels=c,
-        channels=config["channels"],
-        mults=_ints(config["mults"]),
-        blocks=config["blocks"],
-        attention=_ints(config["attention"]),
-        heads=config["heads"],
-        num_classes=N_CLASSES if config["conditional"] else None,
-        dropout=config["dropout"],
-        two_times=True,
-    )
+def _unet(config: dict[str, Any]) -> nn.Module:
+    return build_image_net({"net": "unet", **config}, two_times=True)
 
 
 def _label_dropout(config: dict[str, Any]) -> float:
