@@ -57,6 +57,9 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     for k in args.teacher_nfe:
         rows.append({"model": "teacher, Euler", **_fd_acc(args.teacher, args.n, solver="euler", steps=k)})
         print(rows[-1], flush=True)
+    if args.teacher_dopri:  # the adaptive reference: the solver's own tolerance, NFE as it comes out
+        rows.append({"model": "teacher, Dopri5", **_fd_acc(args.teacher, args.n, solver="dopri5", steps=1)})
+        print(rows[-1], flush=True)
     for run in args.students:
         config = read_config(run)
         method = _method(config)
@@ -144,6 +147,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--nfe", type=int, nargs="*", default=[1, 2, 4, 8])
     p.add_argument("--teacher-nfe", type=int, nargs="*", default=[1, 2, 4, 8, 50])
+    p.add_argument("--teacher-dopri", action="store_true", help="add the teacher's Dopri5 row")
     p.add_argument("--data-dir", default="../shared/data/mnist")
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--no-cost", action="store_true")

@@ -9,6 +9,7 @@ part prints a table and appends JSON lines to ``--json``.
     python benchmarks/images.py nfe runs/mnist runs/latent --n 2000
     python benchmarks/images.py guidance runs/mnist --n 2000
     python benchmarks/images.py inpaint runs/inpaint --n 1000 [--settings 4:1 4:3 2:5] [--first 1000 --seed 1]
+    python benchmarks/images.py ceiling --steps 4000 --clf-width 48
     python benchmarks/images.py symmflow runs/symmflow runs/mnist1200 --steps 1200
     python benchmarks/images.py run runs/semantic --n 2000 [--guidance 2]
 """
@@ -235,9 +236,71 @@ def symmflow(args: argparse.Namespace) -> None:
     _emit(args, rows, f"SymmFlow vs separate models ({args.steps} steps, batch {cfg['batch_size']})")
 
 
+def ceiling(args: argparse.Namespace) -> None:
+    """What a sampler of the inpainting posterior can reach: a classifier trained on half images (the
+    kept half and the mask, same sides as ``inpaint``) estimates ``p(y | kept pixels)``; after temperature
+    calibration on held-out training images, ``E[p(y_true | kept)]`` is the class accuracy of an exact
+    posterior sampler graded by a perfect classifier, and the half classifier's own accuracy is what
+    always filling in its most likely class would score."""
+    from flowforge.core import masks as M
+    from flowforge.data import dequantize
+    from flowforge.metrics.image_features import load_classifier
+    from flowforge.nn import SmallCNN
+
+    tr, te = load_mnist(args.data_dir, "train"), load_mnist(args.data_dir, "test")
+    unit = lambda x: x.float() * (2 / 255) - 1  # noqa: E731
+
+    def halves(n: int, g: torch.Generator) -> torch.Tensor:
+        sides = torch.randint(0, 4, (n,), generator=g)
+        return torch.cat([M.half_mask(1, 28, 28, M.SIDES[int(s)]) for s in sides])
+
+    n_fit = len(tr.x) - 5000
+    torch.manual_seed(0)
+    clf = SmallCNN(in_channels=2, width=args.clf_width, feature_dim=256)
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(args.steps):
+        idx = torch.randint(0, n_fit, (128,), generator=g)
+        xb = dequantize(tr.x[idx], 256, generator=g)
+        loss = torch.nn.functional.cross_entropy(clf(M.inpaint_extra(xb, halves(128, g))), tr.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    clf.eval()
+
+    def logits(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([clf(M.inpaint_extra(unit(c), halves(len(c), g))) for c in x.split(1000)])
+
+    val_logits, val_y = logits(tr.x[n_fit:], torch.Generator().manual_seed(2)), tr.y[n_fit:]
+    temps = torch.linspace(0.5, 3.0, 51)
+    nll = [torch.nn.functional.cross_entropy(val_logits / T, val_y) for T in temps]
+    T = float(temps[int(torch.stack(nll).argmin())])
+    test_logits = logits(te.x, torch.Generator().manual_seed(1))
+    p = (test_logits / T).softmax(-1)
+    grader = load_classifier("mnist")
+    with torch.no_grad():
+        grader_acc = float(torch.cat([grader(unit(c)).argmax(-1) for c in te.x.split(1000)]).eq(te.y).float().mean())
+    p_true = p.gather(1, te.y[:, None]).squeeze(1)
+    rows = [
+        {
+            "half classifier (steps, width)": f"{args.steps}, {args.clf_width}",
+            "temperature": T,
+            "argmax acc (fill with the likeliest class)": float((p.argmax(1) == te.y).float().mean()),
+            "E[p(y_true | kept)] (exact posterior sampler)": float(p_true.mean()),
+            "times the grader's acc on originals": float(p_true.mean()) * grader_acc,
+            "grader acc on originals": grader_acc,
+            "test NLL": float(torch.nn.functional.cross_entropy(test_logits / T, te.y)),
+        }
+    ]
+    _emit(args, rows, "Inpainting ceiling: 50% side holes, all 10k MNIST test images")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["refs", "nfe", "guidance", "inpaint", "symmflow", "run"])
+    p.add_argument("part", choices=["refs", "nfe", "guidance", "inpaint", "ceiling", "symmflow", "run"])
     p.add_argument("runs", nargs="*")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--data-dir", default="../shared/data/mnist")
@@ -260,6 +323,7 @@ def main() -> None:
         "nfe": nfe,
         "guidance": guidance,
         "inpaint": inpaint,
+        "ceiling": ceiling,
         "symmflow": symmflow,
         "run": run_eval,
     }[args.part](args)
