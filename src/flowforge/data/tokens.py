@@ -604,7 +604,9 @@ def load_sequences(path: str | os.PathLike) -> list[str]:
         else:
             out.append(line)
     if not out:
-        raise ValueError(f"{p} holds no sequences (it is empty or only blank lines); write one sequence a line")
+        raise ValueError(
+            f"{p} holds no sequences (it is empty or only blank lines); write one sequence a line"
+        )
     return out
 
 
