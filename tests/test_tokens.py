@@ -131,7 +131,10 @@ def test_vocabulary_rejects_pad_and_duplicates():
         ("F/C=C\\F", ["F", "/", "C", "=", "C", "\\", "F"]),
         ("C%(123)CC%(123)", ["C", "%(123)", "C", "C", "%(123)"]),
         ("BrCCl", ["Br", "C", "Cl"]),
-        ("[1*]C(=O)O [12*]c1ccccc1", ["[1*]", "C", "(", "=", "O", ")", "O", " ", "[12*]", "c", "1"] + ["c"] * 5 + ["1"]),
+        (
+            "[1*]C(=O)O [12*]c1ccccc1",
+            ["[1*]", "C", "(", "=", "O", ")", "O", " ", "[12*]", "c", "1"] + ["c"] * 5 + ["1"],
+        ),
         ("*C.[2H]O", ["*", "C", ".", "[2H]", "O"]),
     ],
 )
@@ -141,7 +144,9 @@ def test_smiles_tokens(smiles, tokens):
     assert t.join(t.split(smiles)) == smiles
 
 
-@pytest.mark.parametrize("bad, char, pos", [("CCX", "X", 2), ("CNa", "a", 2), ("C]", "]", 1), ("C[CH", "[", 1)])
+@pytest.mark.parametrize(
+    "bad, char, pos", [("CCX", "X", 2), ("CNa", "a", 2), ("C]", "]", 1), ("C[CH", "[", 1)]
+)
 def test_smiles_tokenizer_refuses_uncovered_characters(bad, char, pos):
     with pytest.raises(ValueError, match=re.escape(repr(char)) + rf" at position {pos}.*CharTokenizer"):
         SmilesTokenizer().split(bad)
@@ -302,7 +307,11 @@ def test_expression_metrics_known_values():
     m = expression_metrics(gen, train=["4-5", "9"])
     assert m == {"validity": 4 / 7, "uniqueness": 3 / 4, "novelty": 2 / 3}
     assert expression_metrics(["1+", "("], ["1"]) == {"validity": 0.0, "uniqueness": 0.0, "novelty": 0.0}
-    assert bracket_metrics(["()", "([])", "(]"], ["()"]) == {"validity": 2 / 3, "uniqueness": 1.0, "novelty": 0.5}
+    assert bracket_metrics(["()", "([])", "(]"], ["()"]) == {
+        "validity": 2 / 3,
+        "uniqueness": 1.0,
+        "novelty": 0.5,
+    }
     with pytest.raises(ValueError, match="empty"):
         sequence_metrics([], [], is_valid_expression)
     with pytest.raises(TypeError, match="lists of strings"):

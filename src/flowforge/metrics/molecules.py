@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -165,16 +166,16 @@ def _fingerprints(mols: list, radius: int, n_bits: int) -> np.ndarray:
 def _internal_diversity(mols: list, radius: int, n_bits: int) -> float:
     if not mols:
         return 0.0
-    fp = torch.from_numpy(_fingerprints(mols, radius, n_bits))  # (N, n_bits) of 0/1, exact in float32
-    counts = fp.sum(1)
+    fp = torch.from_numpy(_fingerprints(mols, radius, n_bits))  # (N, n_bits) of 0/1
+    counts = fp.sum(1).double()
     total = 0.0
     for i in range(0, len(fp), _PAIR_ROWS):
         block = fp[i : i + _PAIR_ROWS]
-        inter = block @ fp.T
+        inter = (block @ fp.T).double()  # bit counts <= n_bits: exact in float32, divided in float64
         union = counts[i : i + _PAIR_ROWS, None] + counts[None] - inter
         # two empty fingerprints are identical: similarity 1
         sim = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
-        total += sim.double().sum().item()
+        total += sim.sum().item()
     return 1.0 - total / len(fp) ** 2
 
 
@@ -312,7 +313,8 @@ def chemnet_features(smiles: Sequence[str], *, device: str = "cpu", batch_size: 
     """
     smiles = _check_list(smiles, "smiles")
     model = _fcd_model(device, batch_size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fcd-torch's np.row_stack under NumPy 2
         return torch.from_numpy(np.asarray(model.get_predictions(smiles), dtype=np.float64))
 
 
