@@ -212,3 +212,26 @@ def test_fcd(nci):
         fcd(["CCO", "xyz"], b)
     m = molecule_metrics(a, b, test=b)
     assert m["fcd"] == pytest.approx(d_ab, rel=1e-9)
+
+
+@needs_rdkit
+def test_smiles_tokenizer_on_nci_and_brics_fragments(nci):
+    from rdkit import Chem
+    from rdkit.Chem import BRICS
+
+    from flowforge.data.tokens import SmilesTokenizer, Vocabulary
+
+    t = SmilesTokenizer()
+    assert all(t.join(t.split(s)) == s for s in nci)
+    v = Vocabulary.build(nci, t)
+    assert (
+        {"Cl", "Br", "%10", "[N+]", "[O-]"} <= set(v.tokens) and "l" not in v.tokens and "r" not in v.tokens
+    )
+    # InVirtuoGen-style fragment strings: BRICS fragments with [k*] attachment points, joined by spaces
+    frags = [" ".join(sorted(BRICS.BRICSDecompose(Chem.MolFromSmiles(s)))) for s in nci[:150]]
+    frags = [f for f in frags if " " in f]
+    assert len(frags) > 50
+    fv = Vocabulary.build(frags, t)
+    assert " " in fv.tokens and "[16*]" in fv.tokens and "*" not in fv.tokens
+    ids = fv.encode(frags, max(fv.lengths(frags)))
+    assert fv.decode(ids) == frags

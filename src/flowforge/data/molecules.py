@@ -44,6 +44,10 @@ def require_rdkit(what: str) -> ModuleType:
 
     Args:
         what: what needs RDKit, for the message (e.g. ``"validity"``).
+
+    Example:
+        >>> require_rdkit("my function").__name__ if rdkit_available() else "rdkit.Chem"
+        'rdkit.Chem'
     """
     try:
         from rdkit import Chem

@@ -261,6 +261,19 @@ class Vocabulary:
 
         Returns:
             ``(N', L)`` int64 ids, ``N' = N`` unless strings were dropped.
+
+        Example:
+            >>> v = Vocabulary(["1", "+"])
+            >>> import warnings
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     warnings.simplefilter("always")
+            ...     ids = v.encode(["1+1", "1+1+1"], 3, too_long="drop")
+            >>> ids.tolist()
+            [[1, 2, 1]]
+            >>> print(caught[0].message)
+            dropped 1 of 2 strings longer than length=3 tokens (the longest has 5); pass length=5 to keep them
+            >>> v.lengths(["1+1", "1+1+1"])
+            [3, 5]
         """
         if isinstance(strings, str):
             raise TypeError("strings must be a list of strings, not one string; write encode([text], length)")

