@@ -1,6 +1,7 @@
-"""Datasets: 2-D toy distributions, images (MNIST, digits), energies and user arrays.
+"""Datasets: 2-D toy distributions, images (MNIST, digits), energies, user arrays, token sequences, molecules.
 
-Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only.
+Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only; RDKit is imported
+lazily by the molecule functions.
 """
 
 from flowforge.data.aldp import AlanineDipeptide, AlanineDipeptideInternal, InternalCoordinates
@@ -21,8 +22,22 @@ from flowforge.data.images import (
     load_mnist,
     quantize,
 )
+from flowforge.data.molecules import MOSES_SPLITS, canonical, moses, nci_5k, rdkit_available, require_rdkit
 from flowforge.data.png import read_png, save_image_grid
 from flowforge.data.semantic import BACKGROUND, SEG_CLASSES, semantic_agreement, semantic_map, stroke_cells
+from flowforge.data.tokens import (
+    PAD,
+    SEQUENCE_EXTENSIONS,
+    TOKENIZERS,
+    CharTokenizer,
+    SmilesTokenizer,
+    Vocabulary,
+    bracket_words,
+    expressions,
+    is_balanced,
+    is_valid_expression,
+    load_sequences,
+)
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 
 __all__ = [
@@ -54,4 +69,21 @@ __all__ = [
     "semantic_map",
     "semantic_agreement",
     "stroke_cells",
+    "PAD",
+    "SEQUENCE_EXTENSIONS",
+    "TOKENIZERS",
+    "CharTokenizer",
+    "SmilesTokenizer",
+    "Vocabulary",
+    "bracket_words",
+    "expressions",
+    "is_balanced",
+    "is_valid_expression",
+    "load_sequences",
+    "MOSES_SPLITS",
+    "canonical",
+    "moses",
+    "nci_5k",
+    "rdkit_available",
+    "require_rdkit",
 ]
