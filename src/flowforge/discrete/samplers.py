@@ -97,7 +97,9 @@ class MixtureEuler:
 
     def posterior(self, logits: Tensor) -> Tensor:
         """Posterior probabilities ``(B, L, V)`` in ``dtype``, with the temperature applied."""
-        return torch.softmax(logits.to(self.dtype) / self.temperature, dim=-1)
+        z = logits.to(self.dtype) / self.temperature
+        p = (z - z.amax(-1, keepdim=True)).exp_()  # as softmax; faster for the small vocabularies of tests
+        return p / p.sum(-1, keepdim=True)
 
     def _states(self, logits: Tensor) -> int:
         s = self.num_states if self.num_states is not None else logits.shape[-1]
@@ -138,6 +140,11 @@ class MixtureEuler:
         q = self.posterior(logits)
         x_hat = categorical(q, generator)
         jump, a, k = self._coefficients(t)
+        if a == 0:  # no corrector: u = J delta_{x_hat} off x_t, so a jump goes to x_hat
+            rate = torch.full(x_t.shape, jump, dtype=self.dtype, device=x_t.device)
+            moves = torch.rand(x_t.shape, generator=generator, device=x_t.device, dtype=self.dtype)
+            moves = (moves < self._probability(rate, h)) & (x_hat != x_t)
+            return torch.where(moves, x_hat, x_t)
         u = (jump + a * k) * F.one_hot(x_hat, s).to(self.dtype)
         if a > 0:
             u = u + a * (1.0 - k) * self._p0(x_t, s)
