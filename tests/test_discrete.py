@@ -280,7 +280,9 @@ def test_meta_solver_law_matches_ours():
 
     steps, n = 20, 40_000
     torch.manual_seed(0)
-    solver = MixtureDiscreteEulerSolver(Probs(oracle), MixtureDiscreteProbPath(PolynomialConvexScheduler(2.0)), V)
+    solver = MixtureDiscreteEulerSolver(
+        Probs(oracle), MixtureDiscreteProbPath(PolynomialConvexScheduler(2.0)), V
+    )
     x0 = torch.randint(0, V, (n, L))
     x = solver.sample(x0, step_size=1.0 / steps, dtype_categorical=DT)
     chi2, df = _chi2_ok(x, _propagate("uniform", steps, Polynomial(2.0)), V)
@@ -322,7 +324,7 @@ def elbos():
 def test_exact_elbo_is_a_lower_bound(kind, elbos):
     elbo = elbos[kind][0]
     logp = P_DATA.log()
-    assert bool((elbo <= logp + 1e-6).all()), (elbo - logp)
+    assert bool((elbo <= logp + 1e-6).all()), elbo - logp
     assert float(elbo.exp().sum()) <= 1.0 + 1e-6
     gap = logp - elbo
     if kind == "mask":  # chain rule over random unmasking orders: tight for the exact posterior
@@ -398,7 +400,9 @@ def test_velocity_and_gkl_match_meta(kind):
     states = vocab + 1 if kind == "mask" else vocab
     logits = torch.randn(b, length, vocab, generator=g, dtype=DT)
     x1 = torch.randint(0, vocab, (b, length), generator=g)
-    x_t = torch.where(torch.rand(b, length, generator=g) < 0.5, x1, torch.randint(0, states, (b, length), generator=g))
+    x_t = torch.where(
+        torch.rand(b, length, generator=g) < 0.5, x1, torch.randint(0, states, (b, length), generator=g)
+    )
     t = torch.rand(b, generator=g, dtype=DT) * 0.98
     # Meta's mask model has vocab + 1 outputs; a posterior with no mass on the mask is -inf there
     meta_logits = F.pad(logits, (0, states - vocab), value=-torch.inf)
@@ -426,7 +430,9 @@ def test_losses_are_nonnegative_and_zero_at_certainty():
 
 
 def _markov(n: int, length: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    trans = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7], [0.7, 0.1, 0.1, 0.1]])
+    trans = torch.tensor(
+        [[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7], [0.7, 0.1, 0.1, 0.1]]
+    )
     x = torch.empty(n, length, dtype=torch.long)
     x[:, 0] = torch.randint(0, 4, (n,), generator=g)
     for i in range(1, length):
@@ -436,7 +442,9 @@ def _markov(n: int, length: int, g: torch.Generator) -> tuple[torch.Tensor, torc
 
 def _bigrams(x: torch.Tensor) -> torch.Tensor:
     counts = torch.zeros(4, 4)
-    counts.index_put_((x[:, :-1].reshape(-1), x[:, 1:].reshape(-1)), torch.ones(x[:, 1:].numel()), accumulate=True)
+    counts.index_put_(
+        (x[:, :-1].reshape(-1), x[:, 1:].reshape(-1)), torch.ones(x[:, 1:].numel()), accumulate=True
+    )
     return counts / counts.sum(1, keepdim=True)
 
 
@@ -518,7 +526,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="source probabilities"):
         MixtureEuler(MixturePath(), corrector=1.0)
     with pytest.raises(ValueError, match="grid"):
-        euler_sample(oracle, torch.zeros(2, L, dtype=torch.long), MixtureEuler(MixturePath()), torch.tensor([0.5, 0.2]))
+        euler_sample(
+            oracle, torch.zeros(2, L, dtype=torch.long), MixtureEuler(MixturePath()), torch.tensor([0.5, 0.2])
+        )
     bad = DiscreteFlowMatching(lambda x, t: torch.zeros(*x.shape, V + 1), V)  # noqa: E731
     with pytest.raises(ValueError, match="posterior logits"):
         bad.posterior_logits(torch.zeros(2, L, dtype=torch.long), torch.zeros(2))
@@ -527,4 +537,6 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"x\.long\(\)"):
         dfm.generator().log_prob(torch.zeros(2, L))
     with pytest.raises(ValueError, match="smaller"):
-        posterior_to_velocity(torch.ones(1, 1, 3), torch.zeros(1, 1, dtype=torch.long), torch.ones(1), num_states=2)
+        posterior_to_velocity(
+            torch.ones(1, 1, 3), torch.zeros(1, 1, dtype=torch.long), torch.ones(1), num_states=2
+        )

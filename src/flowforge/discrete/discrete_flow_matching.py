@@ -40,11 +40,15 @@ def make_source(source: str | Tensor | Source, vocab_size: int) -> Source:
             return MaskedSource(vocab_size)
         if source == "uniform":
             return UniformSource(vocab_size)
-        raise ValueError(f"unknown source {source!r}; use 'mask', 'uniform', a probability tensor or a Source")
+        raise ValueError(
+            f"unknown source {source!r}; use 'mask', 'uniform', a probability tensor or a Source"
+        )
     if isinstance(source, Tensor):
         source = CategoricalSource(source)
     if not isinstance(source, Source):
-        raise TypeError(f"source must be 'mask', 'uniform', a tensor or a Source, got {type(source).__name__}")
+        raise TypeError(
+            f"source must be 'mask', 'uniform', a tensor or a Source, got {type(source).__name__}"
+        )
     if source.num_states not in (vocab_size, vocab_size + 1):
         raise ValueError(
             f"the source has {source.num_states} states; with vocab_size={vocab_size} it needs {vocab_size} "
@@ -104,7 +108,9 @@ class DiscreteFlowMatching(nn.Module):
         self.vocab_size = int(vocab_size)
         self.source = make_source(source, self.vocab_size)
         if loss == "ce_masked" and not isinstance(self.source, MaskedSource):
-            raise ValueError("loss='ce_masked' needs source='mask'; use loss='ce' or 'gkl' with other sources")
+            raise ValueError(
+                "loss='ce_masked' needs source='mask'; use loss='ce' or 'gkl' with other sources"
+            )
         self.path = MixturePath(schedule)
         self.loss_name = loss
         self.time = time if time is not None else Uniform()
@@ -126,7 +132,9 @@ class DiscreteFlowMatching(nn.Module):
                 "(a one-hot or float batch is not accepted)"
             )
         if x1.dim() != 2:
-            raise ValueError(f"tokens must have shape (B, L), got {tuple(x1.shape)}; reshape to (batch, length)")
+            raise ValueError(
+                f"tokens must have shape (B, L), got {tuple(x1.shape)}; reshape to (batch, length)"
+            )
         if x1.numel() and (int(x1.min()) < 0 or int(x1.max()) >= self.vocab_size):
             raise ValueError(
                 f"token ids must lie in 0..{self.vocab_size - 1} (vocab_size={self.vocab_size}), got "

@@ -112,7 +112,9 @@ class DiscreteGenerator:
         """
         if x0 is None:
             x0 = self.source.sample((n, self._length(length)), generator, device=self.device)
-        stepper = self.stepper(temperature=temperature, corrector=corrector, jump=jump, final=final, dtype=dtype)
+        stepper = self.stepper(
+            temperature=temperature, corrector=corrector, jump=jump, final=final, dtype=dtype
+        )
         return euler_sample(
             self.posterior, x0, stepper, grid if grid is not None else steps, cond=cond, generator=generator
         )
@@ -135,9 +137,13 @@ class DiscreteGenerator:
         evaluation does with ``1e-3``). Its variance falls like ``1 / steps``.
         """
         if x.dim() != 2 or x.dtype.is_floating_point or x.dtype == torch.bool:
-            raise ValueError(f"x must be integer tokens (B, L), got {tuple(x.shape)} {x.dtype}; pass x.long()")
+            raise ValueError(
+                f"x must be integer tokens (B, L), got {tuple(x.shape)} {x.dtype}; pass x.long()"
+            )
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
-            raise ValueError(f"tokens must lie in 0..{self.vocab_size - 1}, got {int(x.min())}..{int(x.max())}")
+            raise ValueError(
+                f"tokens must lie in 0..{self.vocab_size - 1}, got {int(x.min())}..{int(x.max())}"
+            )
         if not 0.0 < t_max <= 1.0:
             raise ValueError(f"t_max must be in (0, 1], got {t_max}")
         cond = dict(cond or {})

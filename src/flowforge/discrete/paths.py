@@ -128,7 +128,9 @@ class MixturePath:
         _check_tokens("x0", x0)
         _check_tokens("x1", x1)
         if x0.shape != x1.shape:
-            raise ValueError(f"x0 and x1 must have the same shape (B, L), got {tuple(x0.shape)} and {tuple(x1.shape)}")
+            raise ValueError(
+                f"x0 and x1 must have the same shape (B, L), got {tuple(x0.shape)} and {tuple(x1.shape)}"
+            )
         if t.shape != (x1.shape[0],):
             raise ValueError(f"t must have shape (B,) = ({x1.shape[0]},), got {tuple(t.shape)}")
         k = self.kappa(t)[0]

@@ -77,7 +77,9 @@ class MixtureEuler:
         dtype: torch.dtype = torch.float64,
     ) -> None:
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}; use final='argmax' for greedy decoding")
+            raise ValueError(
+                f"temperature must be > 0, got {temperature}; use final='argmax' for greedy decoding"
+            )
         if jump not in JUMPS:
             raise ValueError(f"unknown jump={jump!r}; use one of {JUMPS}")
         if final not in FINALS:
@@ -129,7 +131,9 @@ class MixtureEuler:
         if p0.shape[-1] != s:
             raise ValueError(f"source_probs has {p0.shape[-1]} states, the sampler {s}")
         if p0.dim() == 2 and p0.shape[0] != x_t.shape[1]:
-            raise ValueError(f"source_probs is per position for L={p0.shape[0]}, the sequences have L={x_t.shape[1]}")
+            raise ValueError(
+                f"source_probs is per position for L={p0.shape[0]}, the sequences have L={x_t.shape[1]}"
+            )
         return p0.expand(*x_t.shape, s)
 
     def step(
@@ -161,7 +165,9 @@ class MixtureEuler:
         q = self.posterior(logits)
         return q.argmax(-1) if self.final == "argmax" else categorical(q, generator)
 
-    def transition_probs(self, logits: Tensor, x_t: Tensor, t: float, h: float, final: bool = False) -> Tensor:
+    def transition_probs(
+        self, logits: Tensor, x_t: Tensor, t: float, h: float, final: bool = False
+    ) -> Tensor:
         r"""The exact law of :meth:`step` (or :meth:`final_step`), per position: ``(B, L, S)``.
 
         With :math:`\pi(\lambda)` the jump probability, :math:`r_1 = \pi(\lambda_1)/\lambda_1` for
@@ -247,7 +253,11 @@ def euler_sample(
                     f"the posterior must return logits (B, L, V) = ({x.shape[0]}, {x.shape[1]}, V), "
                     f"got {tuple(logits.shape)}"
                 )
-            x = stepper.final_step(logits, generator) if i == n - 1 else stepper.step(logits, x, t, h, generator)
+            x = (
+                stepper.final_step(logits, generator)
+                if i == n - 1
+                else stepper.step(logits, x, t, h, generator)
+            )
             if callback is not None:
                 callback(times[i + 1], x)
     return x

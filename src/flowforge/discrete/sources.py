@@ -173,7 +173,9 @@ class CategoricalSource:
         b, length = _check_shape(shape)
         p = self._probs
         if p.dim() == 2 and p.shape[0] != length:
-            raise ValueError(f"this source has per-position probabilities for L={p.shape[0]}, asked for L={length}")
+            raise ValueError(
+                f"this source has per-position probabilities for L={p.shape[0]}, asked for L={length}"
+            )
         p = p.to(device).expand(length, -1) if p.dim() == 1 else p.to(device)
         return categorical(p.expand(b, length, -1), generator)
 

@@ -85,7 +85,9 @@ class TokenTransformer(nn.Module):
             raise ValueError(f"TokenTransformer expects integer token ids (B, L), got {what}; pass x.long()")
         b, n = x.shape
         if n > self.length:
-            raise ValueError(f"sequence length {n} exceeds the network's length={self.length}; build it longer")
+            raise ValueError(
+                f"sequence length {n} exceeds the network's length={self.length}; build it longer"
+            )
         if x.numel() and (int(x.min()) < 0 or int(x.max()) > self.vocab_size):
             raise ValueError(
                 f"token ids must lie in 0..{self.vocab_size} ({self.vocab_size} = the mask), got "
