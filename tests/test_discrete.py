@@ -222,7 +222,7 @@ def test_exact_propagation_converges_to_data_first_order(kind):
     target = _target(_setup(kind)[0].num_states)
     steps = [25, 50, 100, 200, 1000]
     tvs = [_tv(_propagate(kind, k), target) for k in steps]
-    assert tvs[-1] < 1e-2, tvs
+    assert tvs[-1] < 5e-3, tvs  # 3.5e-4 (mask) and 1.8e-3 (uniform) at 1000 steps
     assert all(a > b for a, b in zip(tvs, tvs[1:])), tvs
     slope = (math.log(tvs[-2]) - math.log(tvs[0])) / (math.log(steps[-2]) - math.log(steps[0]))
     assert -1.3 < slope < -0.7, (slope, tvs)
@@ -255,6 +255,7 @@ def test_monte_carlo_sampler_matches_exact_law_and_data(kind):
     x = dfm.generator().sample(n, steps=steps, generator=torch.Generator().manual_seed(1))
     assert x.shape == (n, L) and x.dtype == torch.long and int(x.max()) < V
     exact = _propagate(kind, steps)
+    assert _tv(exact, _target(source.num_states)) < 0.02  # Euler bias at 100 steps: 0.004 / 0.010
     chi2, df = _chi2_ok(x, exact, source.num_states)
     assert chi2 < df + 6 * math.sqrt(2 * df), (chi2, df)  # no bias: the same step count
     # against the data law: Euler bias + sampling error, E[TV] <= sum_x sqrt(p (1-p) / n) / 2
@@ -293,7 +294,7 @@ def test_meta_solver_law_matches_ours():
 # ELBO
 
 
-def _exact_elbo(kind: str, t_max: float = 1.0, nodes: int = 200) -> torch.Tensor:
+def _exact_elbo(kind: str, t_max: float = 1.0, nodes: int = 100) -> torch.Tensor:
     """ELBO of every data sequence by enumeration over x_t and Gauss-Legendre quadrature in t: (27,)."""
     source, path, oracle = _setup(kind)
     xs = _all(source.num_states)
@@ -307,10 +308,11 @@ def _exact_elbo(kind: str, t_max: float = 1.0, nodes: int = 200) -> torch.Tensor
         logits = oracle(xs, tt)  # (N, L, V), for every x_t
         cond = path.conditional_probs(X1, torch.full((V**L,), t, dtype=DT), source.probs)
         p_xt = _kernel(cond, xs)  # (27, N): p_t(x_t | x_1)
-        jump = path.jump_coefficient(torch.full((n,), t, dtype=DT))
-        ell = torch.stack(
-            [generalized_kl(logits, X1[j].expand(n, -1), xs, jump).sum(-1) for j in range(V**L)]
-        )  # (27, N)
+        m = V**L * n  # every (x_1, x_t) pair at once
+        jump = path.jump_coefficient(torch.full((m,), t, dtype=DT))
+        pairs_x1 = X1.repeat_interleave(n, 0)
+        ell = generalized_kl(logits.repeat(V**L, 1, 1), pairs_x1, xs.repeat(V**L, 1), jump)
+        ell = ell.sum(-1).view(V**L, n)  # (27, N)
         total += wt * (p_xt * ell).sum(-1)
     return -total
 
@@ -328,7 +330,7 @@ def test_exact_elbo_is_a_lower_bound(kind, elbos):
     assert float(elbo.exp().sum()) <= 1.0 + 1e-6
     gap = logp - elbo
     if kind == "mask":  # chain rule over random unmasking orders: tight for the exact posterior
-        assert float(gap.abs().max()) < 1e-4, gap
+        assert float(gap.abs().max()) < 1e-8, gap
     else:  # uniform source: a strictly loose bound
         assert float(gap.min()) > 1e-3, gap
 
@@ -448,15 +450,16 @@ def _bigrams(x: torch.Tensor) -> torch.Tensor:
     return counts / counts.sum(1, keepdim=True)
 
 
-@pytest.mark.parametrize("source", ["mask", "uniform"])
-def test_training_smoke_learns_markov_bigrams(source):
+def test_training_smoke_learns_markov_bigrams():
+    """Uniform source, CE on all positions (InVirtuoGen's set-up); the masked source trains as fast (it
+    reaches a bigram error of 0.075 with the same settings) and is left out to keep the file fast."""
     from flowforge.nn import TokenTransformer
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     data, trans = _markov(4096, 8, g)
     net = TokenTransformer(vocab_size=4, length=8, width=32, depth=2, heads=2)
-    dfm = DiscreteFlowMatching(net, 4, source=source, loss="ce")
+    dfm = DiscreteFlowMatching(net, 4, source="uniform", loss="ce")
     opt = torch.optim.Adam(dfm.parameters(), lr=5e-3)
     losses = []
     for _ in range(500):
