@@ -535,6 +535,8 @@ def test_bad_inputs_raise_clear_errors():
     bad = DiscreteFlowMatching(lambda x, t: torch.zeros(*x.shape, V + 1), V)  # noqa: E731
     with pytest.raises(ValueError, match="posterior logits"):
         bad.posterior_logits(torch.zeros(2, L, dtype=torch.long), torch.zeros(2))
+    with pytest.raises(ValueError, match="posterior logits"):
+        bad.generator().sample(2, length=L, steps=2)
     with pytest.raises(ValueError, match="length unknown"):
         DiscreteFlowMatching(oracle, V).generator().sample(2)
     with pytest.raises(ValueError, match=r"x\.long\(\)"):

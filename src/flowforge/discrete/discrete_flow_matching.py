@@ -175,7 +175,8 @@ class DiscreteFlowMatching(nn.Module):
 
     def generator(self) -> DiscreteGenerator:
         """The model as a :class:`~flowforge.discrete.generator.DiscreteGenerator` (sampling and the ELBO)."""
-        device = next(iter(self.net.parameters()), torch.empty(0)).device
+        params = self.net.parameters() if isinstance(self.net, nn.Module) else iter(())
+        device = next(iter(params), torch.empty(0)).device
         return DiscreteGenerator(
             self.posterior_logits, self.path, self.source, self.vocab_size, self.length, device=device
         )
