@@ -9,6 +9,7 @@ from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
 from flowforge.nn.mmdit import MMDiT, MMDiTBlock
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
+from flowforge.nn.token_transformer import TokenTransformer
 from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
 from flowforge.nn.two_times import with_two_times
 from flowforge.nn.unet import UNet
@@ -24,6 +25,7 @@ __all__ = [
     "CausalTransformer",
     "KVCache",
     "StaticKVCache",
+    "TokenTransformer",
     "PolicyMLP",
     "shared_trunk_policies",
     "SmallCNN",
