@@ -53,7 +53,19 @@ _seed = _int_at_least(0, 0)
 
 
 #: sampling options of ``sample`` and ``eval``; which apply is the run's recipe's choice
-SAMPLE_OPTIONS = ("solver", "steps", "qmc", "method", "guidance", "guidance_schedule", "label")
+SAMPLE_OPTIONS = (
+    "solver",
+    "steps",
+    "qmc",
+    "method",
+    "guidance",
+    "guidance_schedule",
+    "label",
+    "temperature",
+    "corrector",
+)
+#: what ``sample --out`` writes: arrays, a plot, or (token runs) one sequence a line
+SAMPLE_SUFFIXES = (".npy", ".png", ".txt", ".smi")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a recipe into a run folder")
     t.add_argument("recipe")
-    t.add_argument("--data", help="train on your own array: .npy, .npz, .pt or .csv of shape (N, D)")
+    t.add_argument(
+        "--data",
+        help="train on your own data: .npy, .npz, .pt or .csv of shape (N, D); token recipes: .txt or .smi",
+    )
     t.add_argument("--out", help="run folder (default runs/RECIPE)")
     t.add_argument("--steps", type=_count, help="training steps (default: the recipe's)")
     t.add_argument("--seed", type=_seed, default=0, help="seeds the initial weights, data and training")
@@ -118,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--n", type=_count, default=10_000)
     s.add_argument("--seed", type=_seed, default=0)
-    s.add_argument("--out", required=True, help="FILE.npy (samples) or FILE.png (a plot)")
+    s.add_argument(
+        "--out", required=True, help="FILE.npy (samples), FILE.png (a plot), FILE.txt or FILE.smi (token runs)"
+    )
     _sample_options(s)
 
     e = sub.add_parser("eval", help="compare a run's samples (and likelihood) with data; prints JSON")
@@ -190,6 +207,10 @@ def _sample_options(s: argparse.ArgumentParser) -> None:
         help="image flow runs: constant (default), interval or raag (ratio-aware adaptive guidance)",
     )
     s.add_argument("--label", type=int, help="class-conditional runs: draw every sample of this class")
+    s.add_argument("--temperature", type=float, help="token runs: divides the posterior logits (default 1)")
+    s.add_argument(
+        "--corrector", type=float, help="token runs: divergence-free corrector coefficient (default 0: none)"
+    )
 
 
 def _list() -> int:
@@ -231,7 +252,8 @@ def _train(a: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         print(f"trained {a.recipe} for {run.step} steps in {time.time() - t0:.1f}s -> {run.out}")
-        print(f"next: flowforge sample {run.out} --n 10000 --out samples.png")
+        out = "samples.txt" if get_recipe(a.recipe).decode is not None else "samples.png"
+        print(f"next: flowforge sample {run.out} --n 10000 --out {out}")
     return 0
 
 
@@ -293,16 +315,31 @@ def _plot(x: np.ndarray, path: Path, title: str) -> None:
 
 
 def _sample(a: argparse.Namespace) -> int:
-    from flowforge.recipes import picture, read_config, sample
+    from flowforge.recipes import decode, get_recipe, picture, read_config, sample
 
     out = Path(a.out)
-    if not a.out.strip() or out.suffix not in (".npy", ".png"):
+    if not a.out.strip() or out.suffix not in SAMPLE_SUFFIXES:
         raise ValueError(
-            f"--out {a.out!r} is neither a .npy nor a .png file; write e.g. --out samples.npy (the samples) "
-            "or --out samples.png (a plot)"
+            f"--out {a.out!r} is not a .npy, .png, .txt or .smi file; write e.g. --out samples.npy (the "
+            "samples), --out samples.png (a plot) or, for token runs, --out samples.txt (one a line)"
         )
+    is_text = out.suffix in (".txt", ".smi")
+    tokens = get_recipe(read_config(a.run)["recipe"]).decode is not None
+    if tokens and out.suffix == ".png":
+        raise ValueError(
+            f"{a.run} is a token run: write --out samples.txt (or .smi) for the sequences, or .npy for the ids"
+        )
+    if is_text and not tokens:
+        raise ValueError(f"{a.run} samples arrays, not text; write --out samples.npy or samples.png")
     options = {k: getattr(a, k) for k in SAMPLE_OPTIONS if getattr(a, k) is not None}
     x = sample(a.run, a.n, seed=a.seed, **options)
+    if is_text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in decode(a.run, x)), encoding="utf-8")
+        tmp.replace(out)
+        print(f"wrote {a.n} sequences to {out}")
+        return 0
     arr = x.detach().cpu().numpy()
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(1).sum())

@@ -23,6 +23,7 @@ from flowforge.recipes.registry import (  # noqa: E402
 )
 from flowforge.recipes.run_folder import read_config  # noqa: E402
 from flowforge.recipes.runs import (  # noqa: E402
+    decode,
     evaluate,
     generator,
     inpaint,
@@ -40,6 +41,7 @@ __all__ = [
     "distill",
     "distill_out",
     "distill_recipe",
+    "decode",
     "evaluate",
     "generator",
     "get_recipe",

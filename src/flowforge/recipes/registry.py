@@ -93,6 +93,8 @@ class Recipe:
         inpaint: ``(model, config, image, hole, *, seed, **options) -> images``: fill the ``hole`` pixels
             of integer images (``flowforge inpaint``); ``None``: the recipe's runs do not inpaint.
         kind: the family, a label for people (``flowforge list``, docs); no code branches on it.
+        decode: ``(samples, config) -> list of strings``: token runs' samples as text (``flowforge sample
+            --out FILE.txt``); ``None``: the samples are arrays.
         monitor: ``(config, run_dir) -> callback or None``: periodic monitoring while training, e.g. a
             sample grid ``run_dir/samples/step_XXXXXXX.png`` every N steps. The callback is called as
             ``callback(step, trainer)`` after every step (and after that step's checkpoint), with
@@ -119,6 +121,7 @@ class Recipe:
     inpaint: Callable[..., Tensor] | None = None
     picture: Callable[[Any, dict[str, Any]], Any] | None = None
     kind: str = "continuous"
+    decode: Callable[[Any, dict[str, Any]], list[str]] | None = None
     monitor: Callable[[dict[str, Any], Path], Callable[[int, Trainer], None] | None] | None = None
 
     def default_metrics_for(self, options: Mapping[str, Any]) -> tuple[str, ...]:

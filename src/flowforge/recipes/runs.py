@@ -127,7 +127,8 @@ def train_recipe(
             raise ValueError(f"recipe {name!r} does not train on a user's file; drop --data")
         if not Path(data_file).is_file():
             raise FileNotFoundError(
-                f"--data {data_file}: no such file; give a .npy, .npz, .pt or .csv of shape (N, D)"
+                f"--data {data_file}: no such file; give a .npy, .npz, .pt or .csv of shape (N, D) "
+                "(token recipes: a .txt with one sequence a line, or a .smi)"
             )
         overrides["data_file"] = str(Path(data_file).resolve())
     config = resolve_config(recipe, overrides)
@@ -183,6 +184,13 @@ def picture(run_dir: str | Path, samples: Any) -> Any:
     """``samples`` of a run as a plot shows them (the recipe's ``picture`` hook; else unchanged)."""
     recipe = get_recipe(read_config(run_dir)["recipe"])
     return samples if recipe.picture is None else recipe.picture(samples, read_config(run_dir))
+
+
+def decode(run_dir: str | Path, samples: Any) -> list[str] | None:
+    """``samples`` of a token run as strings (the recipe's ``decode`` hook); ``None`` for array runs."""
+    config = read_config(run_dir)
+    recipe = get_recipe(config["recipe"])
+    return None if recipe.decode is None else recipe.decode(samples, config)
 
 
 def inpaint(run_dir: str | Path, image: Tensor, hole: Tensor, *, seed: int = 0, **options: Any) -> Tensor:
