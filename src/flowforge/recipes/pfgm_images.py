@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from flowforge.continuous import PFGMPP
-from flowforge.continuous.pfgm import ODES, NET_TIMES
+from flowforge.continuous.pfgm import NET_TIMES, ODES
 from flowforge.core.choices import unknown_choice
 from flowforge.core.time import LogitNormal
 from flowforge.data import quantize
@@ -75,7 +75,9 @@ def build_image_pfgm(config: dict[str, Any]) -> PFGMPP:
     if config["ode"] not in ODES:
         raise unknown_choice("ode", config["ode"], ODES, hint="--set ode=sigma")
     if not config["p_std"] > 0:
-        raise ValueError(f"p_std must be > 0 (EDM's P_std), got {config['p_std']}; write e.g. --set p_std=1.2")
+        raise ValueError(
+            f"p_std must be > 0 (EDM's P_std), got {config['p_std']}; write e.g. --set p_std=1.2"
+        )
     clip = float(config["beta_clip"])
     return PFGMPP(
         build_image_net({**config, "net": "unet"}),
