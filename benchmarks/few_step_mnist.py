@@ -8,7 +8,13 @@ samples. A control row scores ``n`` training images the same way (the FD floor a
 
     python benchmarks/few_step_mnist.py --teacher runs/mnist-timed \\
         --students runs/mnist-timed-reflow runs/mnist-meanflow runs/mnist-twinflow \\
-                   runs/mnist-timed-freeflow runs/mnist-timed-turbo --n 1000
+                   runs/mnist-timed-freeflow runs/mnist-timed-turbo \\
+                   runs/mnist-blockwise runs/mnist-pfgm --n 1000
+
+Blockwise runs (``mnist-blockwise``) are sampled with Euler, ``k`` steps in all (``k / K`` a segment); an
+NFE that is not a multiple of ``K`` (below ``K`` in particular) gets a row with a note instead of numbers,
+and ``nfe_flops`` gives the cost in teacher-UNet evaluations. PFGM++ runs (``mnist-pfgm``) take ``k``
+Euler steps on EDM's grid (``k`` denoiser calls).
 
 Cost (``--cost``, on by default): each run's model is rebuilt from its folder and trained for a few steps
 on batches of 64 in interleaved rounds in this process (Adam, one thread), so every method meets the same
@@ -35,7 +41,7 @@ from flowforge.train.trainer import BatchRequest
 
 def _method(config: dict[str, Any]) -> str:
     name = str(config["recipe"])
-    for m in ("reflow", "turbo", "freeflow", "meanflow", "twinflow"):
+    for m in ("reflow", "turbo", "freeflow", "meanflow", "twinflow", "blockwise", "pfgm"):
         if name.endswith(f"-{m}"):
             return m
     return "teacher"
@@ -43,7 +49,8 @@ def _method(config: dict[str, Any]) -> str:
 
 def _fd_acc(run: str, n: int, **opts: Any) -> dict[str, Any]:
     res = evaluate(run, n_samples=n, seed=0, metrics=["fd", "acc"], **opts)
-    return {k: res[k] for k in ("fd", "acc", "nfe", "nfe_teacher", "nfe_refiner", "schedule") if k in res}
+    keys = ("fd", "acc", "nfe", "nfe_flops", "nfe_teacher", "nfe_refiner", "schedule")
+    return {k: res[k] for k in keys if k in res}
 
 
 def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -68,7 +75,18 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(rows[-1], flush=True)
             continue
         for k in args.nfe:
-            rows.append({"model": f"{method} ({run})", **_fd_acc(run, args.n, steps=k)})
+            opts: dict[str, Any] = {"steps": k}
+            if method == "blockwise":  # k Euler steps in all, k / K in each segment's own network
+                segments = int(config["segments"])
+                if k % segments:
+                    note = f"skipped: blockwise needs NFE a multiple of K = {segments} (one net a segment)"
+                    rows.append({"model": f"{method} ({run})", "nfe": k, "note": note})
+                    print(rows[-1], flush=True)
+                    continue
+                opts["solver"] = "euler"
+            elif method == "pfgm":  # k Euler steps on EDM's grid (the last one the final denoising)
+                opts["solver"] = "euler"
+            rows.append({"model": f"{method} ({run})", **_fd_acc(run, args.n, **opts)})
             print(rows[-1], flush=True)
     return rows
 

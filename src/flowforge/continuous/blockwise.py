@@ -315,10 +315,10 @@ class BlockwiseGenerator(FlowGenerator):
         for i, field in enumerate(self.fields):
 
             def counted(
-                y: Tensor, t: Tensor, _f: Callable[..., Tensor] = field, _i: int = i, **c: Tensor
-            ) -> Tensor:
+                x: Tensor, t: Tensor, /, _f: Callable[..., Tensor] = field, _i: int = i, **c: Tensor
+            ) -> Tensor:  # x, t positional-only: a condition may be called y (class labels)
                 nfe[_i] += 1
-                return _f(y, t, **c)
+                return _f(x, t, **c)
 
             sub = FlowGenerator(counted, self.event_shape, self.path)
             grid = S.uniform_grid(per[i], self.edges[i], self.edges[i + 1])

@@ -565,8 +565,10 @@ class PFGMPP(nn.Module):
         f, c_skip, c_out = self._raw(x, sigma, **cond)
         return _bcast(c_skip, x) * x + _bcast(c_out, x) * f
 
-    def loss_at(self, y: Tensor, sigma: Tensor, noise: Tensor, **cond: Any) -> Tensor:
+    def loss_at(self, y: Tensor, sigma: Tensor, noise: Tensor, /, **cond: Any) -> Tensor:
         r"""The loss at given noise levels ``sigma: (B,)`` and perturbations ``noise: (B, *event)``; a scalar.
+
+        ``y``, ``sigma`` and ``noise`` are positional-only, so that class labels can be passed as ``y=``.
 
         With the default distance it equals ``mean_B(lambda(sigma) * mean_event((D_theta(y + n) - y)^2))``.
         """
