@@ -150,6 +150,32 @@ def test_inpainting_guides_towards_the_kept_pixels(tmp_path):
         inpaint(old, img, hole, seed=0, steps=2, guidance=3.0)
 
 
+def test_inpainting_masks_can_be_weighted_and_runs_fine_tuned(tmp_path):
+    from flowforge.core import masks as M
+    from flowforge.recipes import get_recipe, load_run
+    from flowforge.recipes.images import build_image_fm, image_fm_data
+
+    config = {**get_recipe("mnist-inpaint").defaults, **TINY, "context_dropout": 0.0}
+    g = torch.Generator().manual_seed(0)
+    mixed = image_fm_data(config)[0](64, g)["extra"][:, -1]  # the mask channel
+    halves = [M.half_mask(1, 8, 8, side)[0, 0] for side in M.SIDES]
+    only_halves = image_fm_data({**config, "mask_kinds": "half"})[0](64, g)["extra"][:, -1]
+    assert all(any(torch.equal(m, h) for h in halves) for m in only_halves)
+    assert not all(any(torch.equal(m, h) for h in halves) for m in mixed)
+    with pytest.raises(ValueError, match="unknown kind 'halves'"):
+        image_fm_data({**config, "mask_kinds": "halves-box"})
+    with pytest.raises(FileNotFoundError, match="init_from="):
+        image_fm_data({**config, "init_from": str(tmp_path / "missing")})
+    base = _train("mnist-inpaint", tmp_path / "base", steps=2)
+    start, cfg = load_run(base)
+    tuned = _train("mnist-inpaint", tmp_path / "tuned", steps=1, init_from=str(base), mask_kinds="half-half-box")
+    fresh = build_image_fm({**cfg, "init_from": str(base), "seed": 5})  # starts from base's EMA weights
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), start.state_dict().values()))
+    assert load_run(tuned)[1]["mask_kinds"] == "half-half-box"
+    with pytest.raises(ValueError, match="does not fit"):
+        _train("mnist-inpaint", tmp_path / "wide", steps=1, init_from=str(base), channels=16)
+
+
 def test_inpaint_needs_an_inpainting_run(digits_run, tmp_path):
     with pytest.raises(ValueError, match="mnist-inpaint"):
         inpaint(digits_run, load_digits("test").x[:1], torch.ones(1, 1, 8, 8, dtype=torch.bool))

@@ -154,7 +154,7 @@ def build_image_fm(config: dict[str, Any]) -> FlowMatching:
     if config["path"] not in PATHS:
         raise unknown_choice("path", config["path"], PATHS, hint="--set path=linear")
     semantic = _task(config) == "semantic"
-    return FlowMatching(
+    model = FlowMatching(
         build_image_net(config),
         path=PATHS[config["path"]](config),
         time=time,
@@ -163,6 +163,33 @@ def build_image_fm(config: dict[str, Any]) -> FlowMatching:
         label_dropout=config["label_dropout"] if config["conditional"] and not semantic else 0.0,
         event_shape=tuple(config["image_shape"]),
     )
+    init = Path(str(config.get("init_from") or "")).expanduser()
+    # a fine-tuning run starts from another run's EMA weights; once it has checkpoints they win, so a
+    # missing init folder only matters at the start of training (checked in image_fm_data)
+    if config.get("init_from") and (init / "config.json").is_file():
+        from flowforge.recipes.run_folder import load_run
+
+        start, _ = load_run(init)
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as e:
+            raise ValueError(
+                f"init_from={init}: its network does not fit this run's ({str(e).splitlines()[0]}); "
+                "give a run of the same recipe with the same net settings (channels, mults, attention, ...)"
+            ) from None
+    return model
+
+
+def _mask_kinds(config: dict[str, Any]) -> tuple[str, ...]:
+    """``mask_kinds`` such as ``box-half-strokes`` (equal shares) or ``half-half-box-strokes``."""
+    kinds = tuple(str(config.get("mask_kinds", "box-half-strokes")).split("-"))
+    bad = [k for k in kinds if k not in M.KINDS]
+    if bad:
+        raise ValueError(
+            f"mask_kinds={config['mask_kinds']!r}: unknown kind {bad[0]!r}; join kinds of {M.KINDS} with '-', "
+            "repeats weight them, e.g. --set mask_kinds=half-half-box-strokes"
+        )
+    return kinds
 
 
 def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -179,12 +206,18 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     task = _task(config)
     seg = semantic_map(x, y, int(config["seg_size"]), levels=levels) if task == "semantic" else None
     drop_context = float(config.get("context_dropout", 0.0))
+    kinds = _mask_kinds(config) if task == "inpaint" else M.KINDS
+    if config.get("init_from") and not (Path(str(config["init_from"])).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(
+            f"init_from={config['init_from']}: no run folder there (no config.json); give the folder of a "
+            "trained run of this recipe, e.g. --set init_from=runs/mnist-inpaint"
+        )
 
     def stream(batch_size: int, generator: torch.Generator) -> Any:
         idx = torch.randint(0, len(x), (batch_size,), generator=generator)
         xb = dequantize(x[idx], levels, generator=generator)
         if task == "inpaint":
-            mask = M.random_masks(batch_size, xb.shape[-2], xb.shape[-1], generator=generator)
+            mask = M.random_masks(batch_size, xb.shape[-2], xb.shape[-1], generator=generator, kinds=kinds)
             if drop_context > 0:  # "nothing known" (all-zero extra channels): the null of context guidance
                 drop = torch.rand(batch_size, generator=generator) < drop_context
                 mask = torch.where(drop[:, None, None, None], torch.zeros_like(mask), mask)
@@ -645,7 +678,14 @@ register(
     image_fm_recipe(
         "mnist-inpaint",
         "MNIST inpainting flow (masked image + mask as extra UNet channels, random masks; LFM-style)",
-        {**IMAGE_FM_DEFAULTS, "task": "inpaint", "conditional": False, "context_dropout": 0.1},
+        {
+            **IMAGE_FM_DEFAULTS,
+            "task": "inpaint",
+            "conditional": False,
+            "context_dropout": 0.1,
+            "mask_kinds": "box-half-strokes",
+            "init_from": "",
+        },
         ("known", "fill_acc"),
     )
 )
