@@ -75,3 +75,20 @@ def test_readme_few_step_tour_runs(tmp_path, monkeypatch):
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["one_step"].shape == (10_000, 2)
     assert (tmp_path / "pairs.safetensors").is_file()
+
+
+def test_readme_discrete_tour_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (code,) = [b for b in blocks if "ff.discrete" in b]
+    code = (
+        code.replace("steps=3_000", "steps=30")
+        .replace("expressions(20_000", "expressions(400")
+        .replace("sample(1_000", "sample(50")
+        .replace("x[:500]", "x[:20]")
+    )
+    assert "steps=30" in code and "sample(50" in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert len(namespace["strings"]) == 50 and all(isinstance(s, str) for s in namespace["strings"])
+    assert namespace["bpt"].shape == (20,) and bool((namespace["bpt"] > 0).all())
