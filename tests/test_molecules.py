@@ -212,6 +212,8 @@ def test_fcd(nci):
         fcd(["CCO", "xyz"], b)
     m = molecule_metrics(a, b, test=b)
     assert m["fcd"] == pytest.approx(d_ab, rel=1e-9)
+    # a model with fewer than 2 valid molecules has no FCD: nan, not an error in the middle of an eval
+    assert math.isnan(molecule_metrics(["CCO", "xyz"], b, test=b, metrics=("validity", "fcd"))["fcd"])
 
 
 @needs_rdkit

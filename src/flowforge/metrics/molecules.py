@@ -448,8 +448,9 @@ def molecule_metrics(
             out[n] = mean_valid(gen_prop(n))
         elif n == "quality":
             out[n] = _quality(parsed, gen_prop("qed"), gen_prop("sa"), 0.6, 4.0)
-        elif n == "fcd":
-            out[n] = fcd([p[0] for p in parsed if p is not None], test, device=device)
+        elif n == "fcd":  # a model with fewer than 2 valid molecules has no FCD (nan), not an error
+            valid = [p[0] for p in parsed if p is not None]
+            out[n] = fcd(valid, test, device=device) if len(valid) >= 2 else float("nan")
         elif n in ("qed_w1", "sa_w1"):
             out[n] = w1(n[:-3])
     return out
