@@ -153,7 +153,9 @@ def _sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dic
         "corrector": float(given.get("corrector", config["corrector"])),
     }
     if out["temperature"] <= 0:
-        raise ValueError(f"--temperature must be > 0, got {out['temperature']}; 1 samples the model as trained")
+        raise ValueError(
+            f"--temperature must be > 0, got {out['temperature']}; 1 samples the model as trained"
+        )
     if out["corrector"] < 0:
         raise ValueError(f"--corrector must be >= 0, got {out['corrector']}; 0 is no corrector")
     return out
@@ -232,7 +234,9 @@ def _evaluate(
         held = data()[: int(config["bpt_n"])]
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
-            elbo = torch.cat([gen.log_prob(c, steps=int(config["bpt_steps"]), generator=g) for c in held.split(250)])
+            elbo = torch.cat(
+                [gen.log_prob(c, steps=int(config["bpt_steps"]), generator=g) for c in held.split(250)]
+            )
         out["bpt"] = float(-elbo.mean() / (held.shape[1] * torch.log(torch.tensor(2.0))))
         out["bpt_n"] = len(held)
     return {**out, "n": n, **kwargs, "nfe": kwargs["steps"]}
@@ -269,7 +273,11 @@ _DEFAULTS: dict[str, Any] = {
     "bpt_steps": 32,
 }
 _SETS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
-    "expr": ({}, ("uniform", "masked"), "arithmetic expressions the package generates (validity by a parser)"),
+    "expr": (
+        {},
+        ("uniform", "masked"),
+        "arithmetic expressions the package generates (validity by a parser)",
+    ),
     "tokens": (
         {"dataset": "file"},
         ("uniform", "masked"),

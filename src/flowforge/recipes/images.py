@@ -207,7 +207,10 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     seg = semantic_map(x, y, int(config["seg_size"]), levels=levels) if task == "semantic" else None
     drop_context = float(config.get("context_dropout", 0.0))
     kinds = _mask_kinds(config) if task == "inpaint" else M.KINDS
-    if config.get("init_from") and not (Path(str(config["init_from"])).expanduser() / "config.json").is_file():
+    if (
+        config.get("init_from")
+        and not (Path(str(config["init_from"])).expanduser() / "config.json").is_file()
+    ):
         raise FileNotFoundError(
             f"init_from={config['init_from']}: no run folder there (no config.json); give the folder of a "
             "trained run of this recipe, e.g. --set init_from=runs/mnist-inpaint"
@@ -470,6 +473,29 @@ def sample_in_chunks(
         c = None if cond is None else {k: v[i : i + chunk] for k, v in cond.items()}
         parts.append(gen.sample(min(chunk, n - i), cond=c, generator=generator, **kwargs))
     return torch.cat(parts)
+
+
+def score_image_samples(
+    gen: Any,
+    config: dict[str, Any],
+    data: Callable[[], Tensor],
+    metrics: list[str],
+    kwargs: dict[str, Any],
+    *,
+    n: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Draw ``n`` samples with ``gen.sample(..., **kwargs)`` (i.i.d. noise, ``kwargs["cond"]`` in chunks)
+    and score them (``fd``/``acc``/``pr``) against the test split: the shared evaluation of the
+    few-step image recipes."""
+    if "acc" in metrics and not config.get("conditional"):
+        raise ValueError("acc needs a class-conditional run (train with --set conditional=true)")
+    kwargs = dict(kwargs)
+    cond = kwargs.pop("cond", None)
+    x = sample_in_chunks(gen, n, cond, torch.Generator().manual_seed(seed), **kwargs)
+    labels = cond["y"] if cond is not None and "acc" in metrics else None
+    out = image_metrics_of(x, check_images(data(), config), config, metrics, labels=labels)
+    return {**out, "n": n, "source_noise": "iid"}
 
 
 def image_fm_evaluate(

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from flowforge.continuous import MeanFlow, TwinFlow
@@ -32,12 +31,10 @@ from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
     _balanced_labels,
     build_image_net,
-    check_images,
     image_fm_data,
-    image_metrics_of,
     image_reference,
     load_images,
-    sample_in_chunks,
+    score_image_samples,
 )
 from flowforge.recipes.one_step2d import meanflow_times
 from flowforge.recipes.registry import Recipe, register
@@ -137,16 +134,11 @@ def _evaluate(
     **options: Any,
 ) -> dict[str, Any]:
     """``fd``/``acc``/``pr`` of ``n`` samples (i.i.d. noise, classes in turn) against the test split."""
-    if "acc" in metrics and not config.get("conditional"):
-        raise ValueError("acc needs a class-conditional run (train with --set conditional=true)")
     gen = jump_generator(model, config)
     n = int(n or config.get("eval_n", 5000))
     kwargs = _sample_kwargs(config, options, n)
-    cond = kwargs.pop("cond", None)
-    x = sample_in_chunks(gen, n, cond, torch.Generator().manual_seed(seed), **kwargs)
-    labels = cond["y"] if cond is not None and "acc" in metrics else None
-    out = image_metrics_of(x, check_images(data(), config), config, metrics, labels=labels)
-    return {**out, "n": n, "source_noise": "iid", "steps": kwargs["steps"], "nfe": gen.nfe}
+    out = score_image_samples(gen, config, data, metrics, kwargs, n=n, seed=seed)
+    return {**out, "steps": kwargs["steps"], "nfe": gen.nfe}
 
 
 _COMMON = {

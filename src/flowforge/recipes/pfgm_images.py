@@ -42,12 +42,10 @@ from flowforge.recipes.images import (
     N_CLASSES,
     _balanced_labels,
     build_image_net,
-    check_images,
     image_fm_data,
-    image_metrics_of,
     image_reference,
     load_images,
-    sample_in_chunks,
+    score_image_samples,
 )
 from flowforge.recipes.registry import Recipe, register
 
@@ -180,19 +178,12 @@ def _evaluate(
     **options: Any,
 ) -> dict[str, Any]:
     """``fd``/``acc``/``pr`` of ``n`` samples (i.i.d. prior draws, classes in turn) against the test split."""
-    if "acc" in metrics and not config.get("conditional"):
-        raise ValueError("acc needs a class-conditional run (train with --set conditional=true)")
     gen = pfgm_generator(model, config)
     n = int(n or config.get("eval_n", 5000))
     kwargs = _sample_kwargs(config, options, n)
-    cond = kwargs.pop("cond", None)
-    x = sample_in_chunks(gen, n, cond, torch.Generator().manual_seed(seed), **kwargs)
-    labels = cond["y"] if cond is not None and "acc" in metrics else None
-    out = image_metrics_of(x, check_images(data(), config), config, metrics, labels=labels)
+    out = score_image_samples(gen, config, data, metrics, kwargs, n=n, seed=seed)
     return {
         **out,
-        "n": n,
-        "source_noise": "iid",
         "solver": kwargs["solver"],
         "steps": kwargs["steps"],
         "nfe": gen.nfe,
