@@ -21,7 +21,13 @@ from flowforge.apps.molecules import (
 from flowforge.data.molecules import rdkit_available
 from flowforge.data.tokens import Vocabulary
 from flowforge.discrete import DiscreteFlowMatching
-from flowforge.finetune import Corruption, DiscretePPO, clipped_surrogate, normalized_advantages, sequence_log_prob
+from flowforge.finetune import (
+    Corruption,
+    DiscretePPO,
+    clipped_surrogate,
+    normalized_advantages,
+    sequence_log_prob,
+)
 from flowforge.nn import TokenTransformer
 
 needs_rdkit = pytest.mark.skipif(not rdkit_available(), reason="needs rdkit")
@@ -298,7 +304,9 @@ def test_recipe_end_to_end_and_reproducible(base_run):
         )
     res = evaluate(runs["a"])
     assert set(res) == {"top10_auc", "top10_mean", "validity", "oracle_calls"}
-    assert res["oracle_calls"] <= 100 and 0 <= res["validity"] <= 1 and 0 < res["top10_auc"] <= res["top10_mean"]
+    assert (
+        res["oracle_calls"] <= 100 and 0 <= res["validity"] <= 1 and 0 < res["top10_auc"] <= res["top10_mean"]
+    )
     hist = json.loads((runs["a"] / "optimization.json").read_text())
     assert len(hist["scores"]) == res["oracle_calls"] and hist["top10_auc"] == pytest.approx(res["top10_auc"])
     assert hist["ppo_updates"] > 0
@@ -314,7 +322,9 @@ def test_optimize_sample_mode_has_no_updates(base_run):
     from flowforge.recipes.runs import load_run
 
     model, config = load_run(base_run)
-    h = optimize(model, vocabulary(config), "qed", budget=40, mode="sample", population=32, offspring=32, steps=8)
+    h = optimize(
+        model, vocabulary(config), "qed", budget=40, mode="sample", population=32, offspring=32, steps=8
+    )
     assert h.ppo_updates == 0 and h.oracle_calls <= 40 and h.generated >= 32
     assert h.stopped in ("budget", "stalled")
 

@@ -132,7 +132,9 @@ def corrupt(
         (torch.Size([6, 4]), [0, 0, 1, 1, 2, 2])
     """
     if x1.dim() != 2 or x1.dtype.is_floating_point:
-        raise ValueError(f"x1 must be integer tokens (B, L), got {tuple(x1.shape)} {x1.dtype}; pass x1.long()")
+        raise ValueError(
+            f"x1 must be integer tokens (B, L), got {tuple(x1.shape)} {x1.dtype}; pass x1.long()"
+        )
     if t.dim() != 2 or t.shape[0] != x1.shape[0]:
         raise ValueError(f"t must have shape (B, T) with B = {x1.shape[0]}, got {tuple(t.shape)}")
     b, n_t = t.shape
@@ -210,7 +212,9 @@ def normalized_advantages(rewards: Tensor, c_neg: float = 1.0, eps: float = 1e-8
     return torch.where(a < 0, c_neg * a, a).to(dtype)
 
 
-def clipped_surrogate(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, clip_eps: float = 0.2) -> Tensor:
+def clipped_surrogate(
+    logp_new: Tensor, logp_old: Tensor, advantages: Tensor, clip_eps: float = 0.2
+) -> Tensor:
     r"""PPO's clipped loss :math:`-\operatorname{mean}\min(\rho A, \operatorname{clip}(\rho, 1\pm\epsilon) A)`.
 
     Example:
@@ -270,7 +274,11 @@ class DiscretePPO:
         if num_timesteps < 1 or minibatch < 1:
             raise ValueError(f"num_timesteps and minibatch must be >= 1, got {num_timesteps}, {minibatch}")
         self.model, self.clip_eps, self.c_neg = model, float(clip_eps), float(c_neg)
-        self.num_timesteps, self.grad_clip, self.minibatch = int(num_timesteps), float(grad_clip), int(minibatch)
+        self.num_timesteps, self.grad_clip, self.minibatch = (
+            int(num_timesteps),
+            float(grad_clip),
+            int(minibatch),
+        )
         self.pad_id = pad_id
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=lr)

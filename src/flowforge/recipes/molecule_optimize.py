@@ -68,7 +68,9 @@ class MoleculeOptimization(nn.Module):
         super().__init__()
         self.flow = flow
         self.config = config
-        self.register_buffer("scores", torch.full((int(config["budget"]),), float("nan"), dtype=torch.float64))
+        self.register_buffer(
+            "scores", torch.full((int(config["budget"]),), float("nan"), dtype=torch.float64)
+        )
         self.register_buffer("counts", torch.zeros(3, dtype=torch.long))
         self.history: Any = None
 
@@ -132,7 +134,9 @@ def check_config(config: dict[str, Any]) -> None:
     from flowforge.apps.molecules import MODES, load_reward
 
     if int(config["budget"]) < 1:
-        raise ValueError(f"budget must be a positive number of oracle calls, got {config['budget']}; e.g. budget=2000")
+        raise ValueError(
+            f"budget must be a positive number of oracle calls, got {config['budget']}; e.g. budget=2000"
+        )
     if config["mode"] not in MODES:
         raise ValueError(f"unknown mode {config['mode']!r}; write mode=ga+ppo, mode=ga or mode=sample")
     if int(config["steps"]) != 1:
@@ -190,7 +194,9 @@ def write_history(config: dict[str, Any], run_dir: Path):
     return callback
 
 
-def optimize_evaluate(model: nn.Module, config: dict[str, Any], data: Any, metrics: list[str], **_: Any) -> dict:
+def optimize_evaluate(
+    model: nn.Module, config: dict[str, Any], data: Any, metrics: list[str], **_: Any
+) -> dict:
     """The recorded optimisation's metrics (nothing is re-run or re-sampled)."""
     s = model.summary()
     return {m: s[m] for m in metrics}

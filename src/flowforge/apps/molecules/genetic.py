@@ -116,7 +116,9 @@ class CrossoverPrompter:
     def parents(self, n: int, generator: torch.Generator | None = None) -> list[tuple[str, str]]:
         """``n`` parent pairs, each two distinct entries (the same one twice when there is only one)."""
         if not self.entries:
-            raise ValueError("the vocabulary is empty: update() it with scored molecules before drawing parents")
+            raise ValueError(
+                "the vocabulary is empty: update() it with scored molecules before drawing parents"
+            )
         w = self.weights()
         pairs = []
         for _ in range(n):
@@ -313,7 +315,9 @@ def encode_prompts(
         ([[1, 2, 0, 0], [9, 9, 9, 9], [1, 1, 1, 1]], 2)
     """
     if noise.shape != (len(smiles), length):
-        raise ValueError(f"noise must have shape (n, L) = ({len(smiles)}, {length}), got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must have shape (n, L) = ({len(smiles)}, {length}), got {tuple(noise.shape)}"
+        )
     x0 = noise.clone()
     prompted = 0
     for i, s in enumerate(smiles):

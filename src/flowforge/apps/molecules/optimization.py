@@ -182,7 +182,9 @@ def optimize(
             raise ValueError(f"budget={budget} but the oracle's budget is {oracle.budget}; pass one of them")
     else:
         if budget is None:
-            raise ValueError("give budget=... (oracle calls) with a reward, or pass an Oracle(reward, budget=...)")
+            raise ValueError(
+                "give budget=... (oracle calls) with a reward, or pass an Oracle(reward, budget=...)"
+            )
         oracle = Oracle(oracle, budget=budget)
     for name, value in (("population", population), ("offspring", offspring), ("steps", steps)):
         if value < 1:
@@ -253,7 +255,9 @@ def optimize(
             prompter.update([res.canonical[i] for i in fresh], [res.scores[i] for i in fresh])
             if ppo is not None:
                 good = [i for i in fresh if res.scores[i] > tenth]
-                enc, _ = encode_prompts([res.canonical[i] for i in good], vocab, length, noise(len(good)).fill_(-1))
+                enc, _ = encode_prompts(
+                    [res.canonical[i] for i in good], vocab, length, noise(len(good)).fill_(-1)
+                )
                 for row, i in zip(enc, good):
                     if int(row[0]) >= 0:  # encodable with the run's vocabulary
                         buf_x.append(row)

@@ -76,7 +76,9 @@ def load_reward(spec: str | Callable[[list[str]], Sequence[float]]) -> Callable[
             raise ValueError(f"{mod_name!r} has no attribute {attr!r}; {how}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"reward {spec!r} is a {type(obj).__name__}, not a function list[str] -> list[float]")
+        raise ValueError(
+            f"reward {spec!r} is a {type(obj).__name__}, not a function list[str] -> list[float]"
+        )
     return obj
 
 
@@ -156,11 +158,15 @@ class Oracle:
         if fresh:
             values = list(self.reward(list(fresh)))
             if len(values) != len(fresh):
-                raise ValueError(f"the reward returned {len(values)} values for {len(fresh)} molecules; return one each")
+                raise ValueError(
+                    f"the reward returned {len(values)} values for {len(fresh)} molecules; return one each"
+                )
             for c, v in zip(fresh, values):
                 v = float(v)
                 if not math.isfinite(v):
-                    raise ValueError(f"the reward gave {v} for {c!r}; return finite floats (e.g. 0 for a bad molecule)")
+                    raise ValueError(
+                        f"the reward gave {v} for {c!r}; return finite floats (e.g. 0 for a bad molecule)"
+                    )
                 self._cache[c] = v
                 self.scores.append(v)
                 self.smiles.append(c)
@@ -171,7 +177,9 @@ class Oracle:
             new.append(is_new)
             if is_new:
                 seen.add(c)
-        return OracleResult(scores=[self._cache.get(c) if c else None for c in canon], new=new, canonical=canon)
+        return OracleResult(
+            scores=[self._cache.get(c) if c else None for c in canon], new=new, canonical=canon
+        )
 
     def __call__(self, smiles: Sequence[str]) -> list[float | None]:
         """The scores of :meth:`score` (None: invalid, or new past the budget)."""
