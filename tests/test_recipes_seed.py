@@ -56,6 +56,18 @@ EXTRA = {
     "dw4-bg": {"objective": "kl"},
     "lj13-bg": {"objective": "kl"},
     "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
+    # the whole oracle budget runs in the trainer's one step
+    "smiles-optimize": {
+        "budget": 40,
+        "population": 16,
+        "offspring": 16,
+        "mutations": 4,
+        "ppo_batch": 16,
+        "reinforce_steps": 1,
+        "num_timesteps": 2,
+        "sample_steps": 4,
+        "steps": 1,
+    },  # fmt: skip
 }
 #: image recipes shrink to sklearn's digits (no file needed) and a tiny network
 _TINY_IMAGES = {
@@ -81,7 +93,10 @@ NEEDS_TEACHER = {
     for name, r in RECIPES.items()
     if "teacher_run" in r.defaults
 }
+#: recipes that start from a trained smiles-uniform run (trained once, tiny, by the ``tiny_smiles_base`` fixture)
+NEEDS_SMILES_BASE = {"smiles-optimize"}
 SKIP = {
+    **({} if importlib.util.find_spec("rdkit") else {"smiles-optimize": "rdkit is not installed"}),
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
     **({} if ALDP.is_dir() else {"aldp-bg": f"alanine-dipeptide files not found at {ALDP}"}),
     **(
@@ -135,6 +150,13 @@ def tiny_teacher(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def tiny_smiles_base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smiles") / "base"
+    train_recipe("smiles-uniform", overrides=_overrides("smiles-uniform"), out=out, seed=0, progress=False)
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch, request):
     if name in SKIP:
@@ -143,6 +165,8 @@ def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch, request):
     overrides = _overrides(name)
     if name in NEEDS_AE:
         overrides["ae_run"] = str(request.getfixturevalue("tiny_ae"))
+    if name in NEEDS_SMILES_BASE:
+        overrides["init_from"] = str(request.getfixturevalue("tiny_smiles_base"))
     if name in NEEDS_TEACHER:
         teacher = NEEDS_TEACHER[name]
         if teacher in SKIP:

@@ -1,0 +1,7 @@
+"""Science and application parts built on the families, data and metrics: one folder an application.
+
+- :mod:`flowforge.apps.molecules`: property optimisation of molecules with a discrete flow (InVirtuoGen's
+  genetic algorithm + PPO), PMO-style oracle budgets and top-10 AUC.
+
+Layer: ``apps`` may import ``core``, ``nn``, the families, ``data`` and ``metrics``.
+"""
