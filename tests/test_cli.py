@@ -166,7 +166,7 @@ BAD_USAGE = [
     (["eval", "{run}", "--n", "0"], "--n: must be >= 1, got 0"),
     (["eval", "{run}", "--steps", "0"], "--steps: must be >= 1"),
     (["train", "moons", "--out", ""], "--out '' names no folder"),
-    (["sample", "{run}", "--out", ""], "neither a .npy nor a .png"),
+    (["sample", "{run}", "--out", ""], "is not a .npy, .png, .txt or .smi"),
     (["train", "moons", "--energy", "m:f", "--out", "{tmp}/r"], "--energy does not apply to moons runs"),
     (["train", "hypergrid-tb", "--data", "{tmp}/x.npy", "--out", "{tmp}/r"], "that do: none"),
     (["sample", "{gfn}", "--solver", "heun", "--out", "{tmp}/a.npy"], "--solver does not apply"),
