@@ -420,14 +420,29 @@ def meta(args: argparse.Namespace) -> None:
 
     net_ff.eval()
     net_meta.eval()
-    gen = dfm.generator()
-    solver = MetaSolver(model=Probs(net_meta), path=path, vocabulary_size=v + 1 if masked else v)
     k = args.sample_with
+
+    def ff_sampler(net: torch.nn.Module) -> Any:
+        gen = DiscreteFlowMatching(net, v, source=args.source, loss="ce", length=length).generator()
+        return lambda x0, g: gen.sample(x0.shape[0], steps=k, generator=g, x0=x0)
+
+    def meta_sampler(net: torch.nn.Module) -> Any:
+        solver = MetaSolver(model=Probs(net), path=path, vocabulary_size=v + 1 if masked else v)
+        return lambda x0, g: solver.sample(x0.clone(), step_size=1.0 / k, dtype_categorical=torch.float64)
+
+    # each side's own sampler on its own net, then the two crossed: the same net under both samplers
+    # tells a sampler difference from a difference between the two trained nets
+    combos = {
+        "flowforge": ff_sampler(net_ff),
+        "meta": meta_sampler(net_meta),
+        "flowforge sampler, Meta-trained net": ff_sampler(net_meta),
+        "Meta solver, flowforge-trained net": meta_sampler(net_ff),
+    }
     g_x0 = torch.Generator().manual_seed(args.seed + 1)
     g_ff_s = torch.Generator().manual_seed(args.seed + 2)
-    out: dict[str, list[Tensor]] = {s: [] for s in sides}
-    s_wall: dict[str, float] = {s: 0.0 for s in sides}
-    s_cpu: dict[str, float] = {s: 0.0 for s in sides}
+    out: dict[str, list[Tensor]] = {s: [] for s in combos}
+    s_wall: dict[str, float] = {s: 0.0 for s in combos}
+    s_cpu: dict[str, float] = {s: 0.0 for s in combos}
     chunk = max(1, min(args.chunk, args.n))
     torch.manual_seed(args.seed + 3)  # Meta's solver draws from the global RNG
     for j, start in enumerate(range(0, args.n, chunk)):
@@ -437,32 +452,34 @@ def meta(args: argparse.Namespace) -> None:
             if masked
             else torch.randint(0, v, (m, length), generator=g_x0)
         )
-        for side in ["flowforge", "meta"] if j % 2 == 0 else ["meta", "flowforge"]:
+        order = list(combos) if j % 2 == 0 else list(reversed(combos))
+        for side in order:
             w0, c0 = time.perf_counter(), time.thread_time()
             with torch.no_grad():
-                if side == "flowforge":
-                    x = gen.sample(m, steps=k, generator=g_ff_s, x0=x0)
-                else:
-                    x = solver.sample(x0, step_size=1.0 / k, dtype_categorical=torch.float64)
+                x = combos[side](x0, g_ff_s)
             s_cpu[side] += time.thread_time() - c0
             s_wall[side] += time.perf_counter() - w0
             out[side].append(x)
 
     rows = []
-    for side in sides:
+    for side in combos:
         x = torch.cat(out[side])
         if int(x.max()) >= v:
             raise RuntimeError(f"{side} sampled the mask id; the posterior wrapper is wrong")
         res = token_metrics(
             vocab.decode(x), train_strings, test_strings, config, ["validity", "uniqueness", "novelty"]
         )
-        tail = losses[side][-max(1, len(losses[side]) // 10) :]
-        rows.append(
-            {
-                "side": side,
+        row: dict[str, Any] = {"side": side}
+        if side in sides:
+            tail = losses[side][-max(1, len(losses[side]) // 10) :]
+            row |= {
                 "ms_per_step_wall": 1e3 * statistics.median(wall[side]),
                 "ms_per_step_cpu": 1e3 * statistics.median(cpu[side]),
                 "final_loss": sum(tail) / len(tail),
+            }
+        rows.append(
+            row
+            | {
                 "validity": res["validity"],
                 "validity_se": validity_se(res["validity"], x.shape[0]),
                 "uniqueness": res["uniqueness"],
@@ -471,7 +488,7 @@ def meta(args: argparse.Namespace) -> None:
                 "sample_s_cpu": s_cpu[side],
             }
         )
-    ff, mt = rows
+    ff, mt = rows[:2]
     ratio = {
         "side": "flowforge / meta",
         "ms_per_step_wall": ff["ms_per_step_wall"] / mt["ms_per_step_wall"],
