@@ -282,7 +282,9 @@ def ceiling(args: argparse.Namespace) -> None:
     p = (test_logits / T).softmax(-1)
     grader = load_classifier("mnist")
     with torch.no_grad():
-        grader_acc = float(torch.cat([grader(unit(c)).argmax(-1) for c in te.x.split(1000)]).eq(te.y).float().mean())
+        grader_acc = float(
+            torch.cat([grader(unit(c)).argmax(-1) for c in te.x.split(1000)]).eq(te.y).float().mean()
+        )
     p_true = p.gather(1, te.y[:, None]).squeeze(1)
     rows = [
         {

@@ -54,11 +54,17 @@ def test_cli_writes_text_and_refuses_wrong_suffixes(tmp_path, capsys):
     assert main(["train", "expr-uniform", "--steps", "2", "--out", str(run), "--quiet", "--set", *args]) == 0
     assert "samples.txt" in capsys.readouterr().out
     out = tmp_path / "s.txt"
-    assert main(["sample", str(run), "--n", "12", "--steps", "4", "--temperature", "0.8", "--out", str(out)]) == 0
+    assert (
+        main(["sample", str(run), "--n", "12", "--steps", "4", "--temperature", "0.8", "--out", str(out)])
+        == 0
+    )
     lines = out.read_text().splitlines()
     assert len(lines) == 12
     ids = tmp_path / "s.npy"
-    assert main(["sample", str(run), "--n", "12", "--steps", "4", "--temperature", "0.8", "--out", str(ids)]) == 0
+    assert (
+        main(["sample", str(run), "--n", "12", "--steps", "4", "--temperature", "0.8", "--out", str(ids)])
+        == 0
+    )
     import numpy as np
 
     assert decode(run, torch.from_numpy(np.load(ids))) == lines

@@ -168,7 +168,9 @@ def test_inpainting_masks_can_be_weighted_and_runs_fine_tuned(tmp_path):
         image_fm_data({**config, "init_from": str(tmp_path / "missing")})
     base = _train("mnist-inpaint", tmp_path / "base", steps=2)
     start, cfg = load_run(base)
-    tuned = _train("mnist-inpaint", tmp_path / "tuned", steps=1, init_from=str(base), mask_kinds="half-half-box")
+    tuned = _train(
+        "mnist-inpaint", tmp_path / "tuned", steps=1, init_from=str(base), mask_kinds="half-half-box"
+    )
     fresh = build_image_fm({**cfg, "init_from": str(base), "seed": 5})  # starts from base's EMA weights
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), start.state_dict().values()))
     assert load_run(tuned)[1]["mask_kinds"] == "half-half-box"

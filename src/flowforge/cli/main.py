@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_count, default=10_000)
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument(
-        "--out", required=True, help="FILE.npy (samples), FILE.png (a plot), FILE.txt or FILE.smi (token runs)"
+        "--out",
+        required=True,
+        help="FILE.npy (samples), FILE.png (a plot), FILE.txt or FILE.smi (token runs)",
     )
     _sample_options(s)
 
