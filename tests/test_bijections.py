@@ -152,6 +152,7 @@ def test_battery_covers_every_exported_bijection():
         and hasattr(obj, "inverse")
     }
     exported -= {nf.TARFlow, nf.TARFlowBlock}  # their own battery: tests/test_tarflow.py
+    exported -= {nf.CNF, nf.FFJORD}  # ODE solver error: their own battery in tests/test_cnf.py
     covered = {type(CASES[name][0](3, 0)) for name in NAMES}
     missing = sorted(c.__name__ for c in exported - covered)
     assert not missing, f"add these bijections to CASES so the battery runs over them: {missing}"

@@ -107,6 +107,8 @@ LAYERS = {
     "MAF": lambda: nf.MAF(3, transforms=1, hidden=(8,)),
     "RealNVP": lambda: nf.RealNVP(3, transforms=2, hidden=(8,)),
     "TARFlow": lambda: nf.TARFlow(dim=3, blocks=1, width=16, layers=1, head_dim=8),
+    "CNF": lambda: nf.CNF(flowforge.nn.MLP(dim=3, width=8, depth=1), steps=2),
+    "FFJORD": lambda: nf.FFJORD(3, width=8, depth=1, steps=2),
 }
 
 

@@ -14,6 +14,7 @@ file                                   names (method -> file)
 ``normalizing/linear.py``              ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
 ``normalizing/flows.py``               ``NSF``, ``MAF``, ``RealNVP`` (named flows, :class:`Flow` subclasses)
 ``normalizing/tarflow.py``             ``TARFlow``, ``TARFlowBlock``
+``normalizing/cnf.py``                 ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
 ``normalizing/importance.py``          ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
 ``normalizing/smc.py``                 ``smc``, ``SMCResult``
 ``normalizing/reverse_kl.py``          ``ReverseKL``
@@ -25,6 +26,7 @@ file                                   names (method -> file)
 from flowforge.core.contracts import Bijection
 from flowforge.nn.made import MADE
 from flowforge.normalizing.autoregressive import MaskedAutoregressive, SplineAutoregressive
+from flowforge.normalizing.cnf import CNF, FFJORD
 from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
 from flowforge.normalizing.flows import MAF, NSF, RealNVP
@@ -46,6 +48,8 @@ __all__ = [
     "MADE",
     "MAF",
     "NSF",
+    "CNF",
+    "FFJORD",
     "ActNorm",
     "Affine",
     "AffineCoupling",
