@@ -14,6 +14,7 @@ file                                   names (method -> file)
 ``normalizing/linear.py``              ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
 ``normalizing/flows.py``               ``NSF``, ``MAF``, ``RealNVP`` (named flows, :class:`Flow` subclasses)
 ``normalizing/tarflow.py``             ``TARFlow``, ``TARFlowBlock``
+``normalizing/glow.py``                ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
 ``normalizing/importance.py``          ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
 ``normalizing/smc.py``                 ``smc``, ``SMCResult``
 ``normalizing/reverse_kl.py``          ``ReverseKL``
@@ -28,6 +29,7 @@ from flowforge.normalizing.autoregressive import MaskedAutoregressive, SplineAut
 from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
 from flowforge.normalizing.flows import MAF, NSF, RealNVP
+from flowforge.normalizing.glow import ActNorm2d, AffineCoupling2d, Glow, InvConv2d, Squeeze
 from flowforge.normalizing.importance import (
     ImportanceSamples,
     effective_sample_size,
@@ -47,12 +49,16 @@ __all__ = [
     "MAF",
     "NSF",
     "ActNorm",
+    "ActNorm2d",
     "Affine",
     "AffineCoupling",
+    "AffineCoupling2d",
     "Bijection",
     "Compose",
     "Flow",
+    "Glow",
     "ImportanceSamples",
+    "InvConv2d",
     "LULinear",
     "MaskedAutoregressive",
     "Permutation",
@@ -63,6 +69,7 @@ __all__ = [
     "SMCResult",
     "SelfImprovement",
     "SplineAutoregressive",
+    "Squeeze",
     "SplineCoupling",
     "StandardNormal",
     "TARFlow",
