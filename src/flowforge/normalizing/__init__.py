@@ -15,6 +15,7 @@ file                                   names (method -> file)
 ``normalizing/flows.py``               ``NSF``, ``MAF``, ``RealNVP`` (named flows, :class:`Flow` subclasses)
 ``normalizing/tarflow.py``             ``TARFlow``, ``TARFlowBlock``
 ``normalizing/cnf.py``                 ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
+``normalizing/glow.py``                ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
 ``normalizing/importance.py``          ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
 ``normalizing/smc.py``                 ``smc``, ``SMCResult``
 ``normalizing/reverse_kl.py``          ``ReverseKL``
@@ -30,6 +31,7 @@ from flowforge.normalizing.cnf import CNF, FFJORD
 from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
 from flowforge.normalizing.flows import MAF, NSF, RealNVP
+from flowforge.normalizing.glow import ActNorm2d, AffineCoupling2d, Glow, InvConv2d, Squeeze
 from flowforge.normalizing.importance import (
     ImportanceSamples,
     effective_sample_size,
@@ -51,12 +53,16 @@ __all__ = [
     "CNF",
     "FFJORD",
     "ActNorm",
+    "ActNorm2d",
     "Affine",
     "AffineCoupling",
+    "AffineCoupling2d",
     "Bijection",
     "Compose",
     "Flow",
+    "Glow",
     "ImportanceSamples",
+    "InvConv2d",
     "LULinear",
     "MaskedAutoregressive",
     "Permutation",
@@ -67,6 +73,7 @@ __all__ = [
     "SMCResult",
     "SelfImprovement",
     "SplineAutoregressive",
+    "Squeeze",
     "SplineCoupling",
     "StandardNormal",
     "TARFlow",
