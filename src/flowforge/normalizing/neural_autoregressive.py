@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from flowforge.nn.made import check_hidden
 from flowforge.normalizing.autoregressive import _as_order
 from flowforge.normalizing.coupling import _Conditioned
+from flowforge.normalizing.flow import _check_points
 
 __all__ = ["NeuralAutoregressive", "UnconstrainedAutoregressive", "clenshaw_curtis"]
 
@@ -90,16 +91,46 @@ def _bisect(f: Callable[[Tensor], Tensor], z: Tensor, who: str, max_iter: int = 
         return 0.5 * (lo + hi)
 
 
-def _solve(f: Callable[[Tensor], tuple[Tensor, Tensor]], z: Tensor, who: str) -> tuple[Tensor, Tensor]:
-    """``x = f^{-1}(z)`` and ``-log f'(x)``, differentiable in ``z`` and in ``f``'s parameters.
+def _solve(f: Callable[[Tensor], tuple[Tensor, Tensor]], z: Tensor, who: str) -> Tensor:
+    """``x = f^{-1}(z)``, differentiable in ``z`` and in ``f``'s parameters.
 
     Bisection finds ``x*``; one Newton step ``x = x* - (f(x*) - z) / f'(x*)`` refines it and carries the
     implicit-function derivatives ``dx/dz = 1 / f'`` and ``dx/dθ = -(∂f/∂θ) / f'``.
     """
     x0 = _bisect(lambda x: f(x)[0], z, who)
     y, log_d = f(x0)
-    x = x0 - (y - z) / log_d.detach().exp()
-    return x, -f(x)[1]
+    return x0 - (y - z) / log_d.detach().exp()
+
+
+class _NeuralConditioned(_Conditioned):
+    """A fully autoregressive :class:`_Conditioned` whose scalar transformer is inverted numerically.
+
+    ``_f(x, p) -> (z, log dz/dx)`` elementwise. The inverse takes one MADE pass per position of the
+    order and solves only the dimensions whose conditioner inputs are final by then, so every scalar
+    solve sees its true parameters.
+    """
+
+    def _f(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _map(self, x: Tensor, p: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        if inverse:  # not used by inverse() below; kept for the _Conditioned contract
+            x = _solve(lambda t: self._f(t, p), x, self._who)
+            return x, -self._f(x, p)[1]
+        return self._f(x, p)
+
+    def inverse(self, z: Tensor, **cond: Tensor) -> tuple[Tensor, Tensor]:
+        _check_points(z, self.dim, self._who)
+        if not torch.isfinite(z).all():
+            raise ValueError(f"{self._who}.inverse: got non-finite values; the inverse needs finite points")
+        context, y = cond.get("context"), cond.get("y")
+        x = torch.zeros_like(z)
+        for degree in torch.unique(self.net.degrees).tolist():
+            idx = (self.net.degrees == degree).nonzero().flatten()
+            p = self.net(x, context, y)[:, idx]
+            x = x.index_copy(1, idx, _solve(lambda t, p=p: self._f(t, p), z[:, idx], self._who))
+        _, log_d = self._f(x, self.net(x, context, y))
+        return x, -log_d.sum(1)
 
 
 def _check_positive_int(value: int, name: str, who: str, least: int = 1) -> int:
@@ -121,7 +152,7 @@ def _dsf(x: Tensor, p: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 @final
-class NeuralAutoregressive(_Conditioned):
+class NeuralAutoregressive(_NeuralConditioned):
     r"""Neural autoregressive layer with the deep sigmoidal transformer (NAF-DSF; Huang et al., 2018).
 
     :math:`z_i = \sigma^{-1}\big(\sum_{j=1}^K w_{ij}\,\sigma(a_{ij} x_i + b_{ij})\big)` with
@@ -168,9 +199,7 @@ class NeuralAutoregressive(_Conditioned):
         )
         self.components = components
 
-    def _map(self, x: Tensor, p: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        if inverse:
-            return _solve(lambda t: _dsf(t, p, self.components), x, self._who)
+    def _f(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         return _dsf(x, p, self.components)
 
     def extra_repr(self) -> str:
@@ -178,7 +207,7 @@ class NeuralAutoregressive(_Conditioned):
 
 
 @final
-class UnconstrainedAutoregressive(_Conditioned):
+class UnconstrainedAutoregressive(_NeuralConditioned):
     r"""Unconstrained monotonic neural network layer (UMNN / UNAF; Wehenkel & Louppe, 2019).
 
     :math:`z_i = \int_0^{x_i} g(t; h_i)\,dt + \beta_i` with :math:`(h_i, \beta_i)` from a :class:`MADE` on
@@ -256,18 +285,13 @@ class UnconstrainedAutoregressive(_Conditioned):
         s, w = self.cc_nodes.to(x.dtype), self.cc_weights.to(x.dtype)
         return 0.5 * x * (self.g(0.5 * x[..., None] * (s + 1), h) * w).sum(-1)
 
-    def _transform(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    def _f(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         beta, h = p[..., 0], p[..., 1:]
         xd = x.detach()
         gx = self.g(x[..., None], h).squeeze(-1)
         # value: quadrature of the integral; d/dx: g(x) exactly (the derivative of the true integral)
         z = self.integral(xd, h) + beta + gx.detach() * (x - xd)
         return z, torch.log(gx)
-
-    def _map(self, x: Tensor, p: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        if inverse:
-            return _solve(lambda t: self._transform(t, p), x, self._who)
-        return self._transform(x, p)
 
     def extra_repr(self) -> str:
         return (
