@@ -17,6 +17,7 @@ from flowforge.data import Standardizer, toy2d
 from flowforge.normalizing import (
     NAF,
     UNAF,
+    Flow,
     NeuralAutoregressive,
     UnconstrainedAutoregressive,
     clenshaw_curtis,
@@ -187,6 +188,31 @@ def test_inverse_jacobian_is_the_inverse_of_the_forward_one():
     ji = jacobian(lambda v: m.inverse(v[None])[0][0], z[0])
     torch.testing.assert_close(jf @ ji, torch.eye(3, dtype=torch.float64), atol=1e-9, rtol=0)
     torch.testing.assert_close(m(x)[1][0], torch.linalg.slogdet(jf)[1], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: NeuralAutoregressive(3, (16,), order=[1, 2, 0], components=4, num_classes=2),
+        lambda: UnconstrainedAutoregressive(3, (16,), integrand=(8,), nodes=17, num_classes=2),
+        lambda: NAF(3, transforms=2, hidden=(16,), components=4),
+        lambda: UNAF(3, transforms=2, hidden=(16,), integrand=(8,), nodes=17),
+    ],
+    ids=["naf-layer", "unaf-layer", "NAF", "UNAF"],
+)
+def test_log_det_matches_autograd(make):
+    from torch.autograd.functional import jacobian
+
+    torch.manual_seed(0)
+    m = _perturb(make().double(), 0.3)
+    x = 2 * torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    y = torch.tensor([0, 1, 1])
+    _, ladj = m(x, y=y)
+    for i in range(3):
+        jac = jacobian(lambda v, i=i: m(v[None], y=y[i : i + 1])[0][0], x[i])
+        if not isinstance(m, Flow):  # a layer: each scalar transformer is increasing
+            assert (torch.diagonal(jac) > 0).all()
+        torch.testing.assert_close(ladj[i], torch.linalg.slogdet(jac)[1], atol=1e-9, rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- fitting
