@@ -19,7 +19,9 @@ from flowforge.data import Standardizer, toy2d
 from flowforge.nn import MADE
 from flowforge.normalizing import (
     MAF,
+    NAF,
     NSF,
+    UNAF,
     ActNorm,
     Affine,
     AffineCoupling,
@@ -27,12 +29,14 @@ from flowforge.normalizing import (
     Flow,
     LULinear,
     MaskedAutoregressive,
+    NeuralAutoregressive,
     Permutation,
     RandomPermutation,
     RealNVP,
     Reverse,
     SplineAutoregressive,
     SplineCoupling,
+    UnconstrainedAutoregressive,
     rq_spline,
     soft_clip,
 )
@@ -86,6 +90,15 @@ CASES = {
     "NSF-coupling": (lambda d, s: NSF(d, transforms=2, hidden=H, bins=5, bound=3.0, coupling=True), None),
     "MAF": (lambda d, s: MAF(d, transforms=3, hidden=H), None),
     "RealNVP": (lambda d, s: RealNVP(d, transforms=3, hidden=H), None),
+    "naf-layer": (lambda d, s: NeuralAutoregressive(d, H, order=_order(d, s), components=4), None),
+    "unaf-layer": (
+        lambda d, s: UnconstrainedAutoregressive(
+            d, H, order=_order(d, s), embedding=4, integrand=(8,), nodes=17
+        ),
+        None,
+    ),
+    "NAF": (lambda d, s: NAF(d, transforms=2, hidden=H, components=4), None),
+    "UNAF": (lambda d, s: UNAF(d, transforms=2, hidden=H, embedding=4, integrand=(8,), nodes=17), None),
     # conditional variants
     "affine-coupling|context": (lambda d, s: AffineCoupling(d, H, context=CTX), "context"),
     "maf-layer|y": (
@@ -99,6 +112,16 @@ CASES = {
     ),
     "NSF|y": (lambda d, s: NSF(d, transforms=2, hidden=H, bins=5, bound=3.0, num_classes=NUM_CLASSES), "y"),
     "MAF|context": (lambda d, s: MAF(d, transforms=2, hidden=H, context=CTX), "context"),
+    "NAF|both": (
+        lambda d, s: NAF(d, transforms=2, hidden=H, components=4, context=CTX, num_classes=NUM_CLASSES),
+        "both",
+    ),
+    "UNAF|y": (
+        lambda d, s: UNAF(
+            d, transforms=2, hidden=H, embedding=4, integrand=(8,), nodes=17, num_classes=NUM_CLASSES
+        ),
+        "y",
+    ),
     "RealNVP|both": (
         lambda d, s: RealNVP(d, transforms=2, hidden=H, context=CTX, num_classes=NUM_CLASSES),
         "both",

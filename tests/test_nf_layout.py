@@ -60,7 +60,7 @@ def test_table_names_an_existing_file_for_every_exported_name():
             assert re.search(rf"^{name}\b[^=\n]*=", path.read_text(), flags=re.M), f"{name} not set in {rel}"
 
 
-@pytest.mark.parametrize("name", ["NSF", "MAF", "RealNVP"])
+@pytest.mark.parametrize("name", ["NSF", "MAF", "RealNVP", "NAF", "UNAF"])
 def test_named_flows_are_flow_classes(name):
     cls = getattr(nf, name)
     assert inspect.isclass(cls) and issubclass(cls, nf.Flow), (
@@ -106,6 +106,10 @@ LAYERS = {
     "NSF": lambda: nf.NSF(3, transforms=1, hidden=(8,)),
     "MAF": lambda: nf.MAF(3, transforms=1, hidden=(8,)),
     "RealNVP": lambda: nf.RealNVP(3, transforms=2, hidden=(8,)),
+    "NeuralAutoregressive": lambda: nf.NeuralAutoregressive(3, (8,), components=4),
+    "UnconstrainedAutoregressive": lambda: nf.UnconstrainedAutoregressive(3, (8,), integrand=(8,), nodes=9),
+    "NAF": lambda: nf.NAF(3, transforms=1, hidden=(8,), components=4),
+    "UNAF": lambda: nf.UNAF(3, transforms=1, hidden=(8,), integrand=(8,), nodes=9),
     "TARFlow": lambda: nf.TARFlow(dim=3, blocks=1, width=16, layers=1, head_dim=8),
     "CNF": lambda: nf.CNF(flowforge.nn.MLP(dim=3, width=8, depth=1), steps=2),
     "FFJORD": lambda: nf.FFJORD(3, width=8, depth=1, steps=2),

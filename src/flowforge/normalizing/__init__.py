@@ -3,25 +3,26 @@
 One method a file (DESIGN.md); every name below is importable from ``flowforge.normalizing``. Paths are
 relative to the ``flowforge`` package.
 
-=====================================  ========================================================================
-file                                   names (method -> file)
-=====================================  ========================================================================
-``normalizing/flow.py``                ``Flow``, ``Compose``, ``Affine``, ``StandardNormal``
-``core/contracts.py``                  ``Bijection`` (the protocol every layer follows)
-``normalizing/splines.py``             ``rq_spline`` (monotonic rational-quadratic spline)
-``normalizing/coupling.py``            ``AffineCoupling``, ``SplineCoupling``, ``soft_clip``, ``LOG_SCALE_BOUND``
-``normalizing/autoregressive.py``      ``MaskedAutoregressive``, ``SplineAutoregressive``
-``normalizing/linear.py``              ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
-``normalizing/flows.py``               ``NSF``, ``MAF``, ``RealNVP`` (named flows, :class:`Flow` subclasses)
-``normalizing/tarflow.py``             ``TARFlow``, ``TARFlowBlock``
-``normalizing/cnf.py``                 ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
-``normalizing/glow.py``                ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
-``normalizing/importance.py``          ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
-``normalizing/smc.py``                 ``smc``, ``SMCResult``
-``normalizing/reverse_kl.py``          ``ReverseKL``
-``normalizing/self_improvement.py``    ``SelfImprovement``
-``nn/made.py``                         ``MADE`` (the masked conditioner network)
-=====================================  ========================================================================
+=========================================  ========================================================================
+file                                       names (method -> file)
+=========================================  ========================================================================
+``normalizing/flow.py``                    ``Flow``, ``Compose``, ``Affine``, ``StandardNormal``
+``core/contracts.py``                      ``Bijection`` (the protocol every layer follows)
+``normalizing/splines.py``                 ``rq_spline`` (monotonic rational-quadratic spline)
+``normalizing/coupling.py``                ``AffineCoupling``, ``SplineCoupling``, ``soft_clip``, ``LOG_SCALE_BOUND``
+``normalizing/autoregressive.py``          ``MaskedAutoregressive``, ``SplineAutoregressive``
+``normalizing/neural_autoregressive.py``   ``NeuralAutoregressive``, ``UnconstrainedAutoregressive``, ``clenshaw_curtis``
+``normalizing/linear.py``                  ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
+``normalizing/flows.py``                   ``NSF``, ``MAF``, ``RealNVP``, ``NAF``, ``UNAF`` (named flows, :class:`Flow` subclasses)
+``normalizing/tarflow.py``                 ``TARFlow``, ``TARFlowBlock``
+``normalizing/cnf.py``                     ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
+``normalizing/glow.py``                    ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
+``normalizing/importance.py``              ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
+``normalizing/smc.py``                     ``smc``, ``SMCResult``
+``normalizing/reverse_kl.py``              ``ReverseKL``
+``normalizing/self_improvement.py``        ``SelfImprovement``
+``nn/made.py``                             ``MADE`` (the masked conditioner network)
+=========================================  ========================================================================
 """
 
 from flowforge.core.contracts import Bijection
@@ -30,7 +31,7 @@ from flowforge.normalizing.autoregressive import MaskedAutoregressive, SplineAut
 from flowforge.normalizing.cnf import CNF, FFJORD
 from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
-from flowforge.normalizing.flows import MAF, NSF, RealNVP
+from flowforge.normalizing.flows import MAF, NAF, NSF, UNAF, RealNVP
 from flowforge.normalizing.glow import ActNorm2d, AffineCoupling2d, Glow, InvConv2d, Squeeze
 from flowforge.normalizing.importance import (
     ImportanceSamples,
@@ -39,6 +40,11 @@ from flowforge.normalizing.importance import (
     resample_indices,
 )
 from flowforge.normalizing.linear import ActNorm, LULinear, Permutation, RandomPermutation, Reverse
+from flowforge.normalizing.neural_autoregressive import (
+    NeuralAutoregressive,
+    UnconstrainedAutoregressive,
+    clenshaw_curtis,
+)
 from flowforge.normalizing.reverse_kl import ReverseKL
 from flowforge.normalizing.self_improvement import SelfImprovement
 from flowforge.normalizing.smc import SMCResult, smc
@@ -49,6 +55,8 @@ __all__ = [
     "LOG_SCALE_BOUND",
     "MADE",
     "MAF",
+    "NAF",
+    "UNAF",
     "NSF",
     "CNF",
     "FFJORD",
@@ -65,6 +73,8 @@ __all__ = [
     "InvConv2d",
     "LULinear",
     "MaskedAutoregressive",
+    "NeuralAutoregressive",
+    "UnconstrainedAutoregressive",
     "Permutation",
     "RandomPermutation",
     "RealNVP",
@@ -78,6 +88,7 @@ __all__ = [
     "StandardNormal",
     "TARFlow",
     "TARFlowBlock",
+    "clenshaw_curtis",
     "effective_sample_size",
     "importance_sample",
     "resample_indices",
