@@ -30,6 +30,8 @@ from flowforge.normalizing import (
     Permutation,
     RandomPermutation,
     RealNVP,
+    ResidualBlock,
+    ResidualFlow,
     Reverse,
     SplineAutoregressive,
     SplineCoupling,
@@ -86,6 +88,9 @@ CASES = {
     "NSF-coupling": (lambda d, s: NSF(d, transforms=2, hidden=H, bins=5, bound=3.0, coupling=True), None),
     "MAF": (lambda d, s: MAF(d, transforms=3, hidden=H), None),
     "RealNVP": (lambda d, s: RealNVP(d, transforms=3, hidden=H), None),
+    # exact log-det mode; the roulette estimator has its own tests in tests/test_residual_flow.py
+    "residual-block": (lambda d, s: ResidualBlock(d, H, logdet="exact"), None),
+    "ResidualFlow": (lambda d, s: ResidualFlow(d, blocks=2, hidden=H, logdet="exact"), None),
     # conditional variants
     "affine-coupling|context": (lambda d, s: AffineCoupling(d, H, context=CTX), "context"),
     "maf-layer|y": (
