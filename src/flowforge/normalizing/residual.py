@@ -46,7 +46,7 @@ class LipSwish(nn.Module):
 
     Example:
         >>> act = LipSwish()
-        >>> float(act.beta)
+        >>> round(float(act.beta.detach()), 6)
         1.0
     """
 
