@@ -33,6 +33,8 @@ from flowforge.normalizing import (
     Permutation,
     RandomPermutation,
     RealNVP,
+    ResidualBlock,
+    ResidualFlow,
     Reverse,
     SplineAutoregressive,
     SplineCoupling,
@@ -99,6 +101,9 @@ CASES = {
     ),
     "NAF": (lambda d, s: NAF(d, transforms=2, hidden=H, components=4), None),
     "UNAF": (lambda d, s: UNAF(d, transforms=2, hidden=H, embedding=4, integrand=(8,), nodes=17), None),
+    # exact log-det mode; the roulette estimator has its own tests in tests/test_residual_flow.py
+    "residual-block": (lambda d, s: ResidualBlock(d, H, logdet="exact"), None),
+    "ResidualFlow": (lambda d, s: ResidualFlow(d, blocks=2, hidden=H, logdet="exact"), None),
     # conditional variants
     "affine-coupling|context": (lambda d, s: AffineCoupling(d, H, context=CTX), "context"),
     "maf-layer|y": (

@@ -113,6 +113,8 @@ LAYERS = {
     "TARFlow": lambda: nf.TARFlow(dim=3, blocks=1, width=16, layers=1, head_dim=8),
     "CNF": lambda: nf.CNF(flowforge.nn.MLP(dim=3, width=8, depth=1), steps=2),
     "FFJORD": lambda: nf.FFJORD(3, width=8, depth=1, steps=2),
+    "ResidualBlock": lambda: nf.ResidualBlock(3, (8,)),
+    "ResidualFlow": lambda: nf.ResidualFlow(3, blocks=1, hidden=(8,)),
 }
 
 
@@ -121,6 +123,7 @@ def test_every_exported_layer_is_listed_here():
     # not layers: the objectives, the base distribution and the conditioner network; TARFlowBlock maps
     # token sequences and has its own battery in tests/test_tarflow.py
     layers -= {"ReverseKL", "SelfImprovement", "StandardNormal", "MADE", "TARFlowBlock"}
+    layers -= {"LipSwish"}  # an activation inside ResidualBlock, not a layer
     # image layers (B, C, H, W): their own battery in tests/test_glow.py
     layers -= {"Glow", "ActNorm2d", "InvConv2d", "AffineCoupling2d", "Squeeze"}
     assert layers <= set(LAYERS), f"add to LAYERS: {sorted(layers - set(LAYERS))}"

@@ -7,7 +7,7 @@ protocol                      implemented by
 ============================  ===========================================================
 :class:`Generator`            ``FlowGenerator``, ``Flow`` (and ``TARFlow``), ``GFlowNetGenerator``, run generators
 :class:`Objective`            ``FlowMatching``, ``Flow``, ``ReverseKL``, every ``GFlowNet`` objective
-:class:`Bijection`            every normalizing-flow layer (couplings, autoregressive, linear, TARFlow blocks)
+:class:`Bijection`            every normalizing-flow layer (couplings, autoregressive, linear, residual, TARFlow blocks)
 :class:`Energy`               ``data.energies.Energy`` and its subclasses, ``user_energy``
 :class:`Environment`          ``gflownet.envs``: ``HyperGrid``, ``BitSequence``, ``SetGeneration``, ``Ising``, ...
 :class:`HasStepDelta`         optional rollout hook ``step_delta()`` (``HyperGrid``, ``SetGeneration``, ``Ising``, ...)

@@ -15,6 +15,7 @@ file                                       names (method -> file)
 ``normalizing/linear.py``                  ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
 ``normalizing/flows.py``                   ``NSF``, ``MAF``, ``RealNVP``, ``NAF``, ``UNAF`` (named flows, :class:`Flow` subclasses)
 ``normalizing/tarflow.py``                 ``TARFlow``, ``TARFlowBlock``
+``normalizing/residual.py``                ``ResidualFlow``, ``ResidualBlock``, ``LipSwish`` (i-ResNet / Residual Flows)
 ``normalizing/cnf.py``                     ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
 ``normalizing/glow.py``                    ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
 ``normalizing/importance.py``              ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
@@ -45,6 +46,7 @@ from flowforge.normalizing.neural_autoregressive import (
     UnconstrainedAutoregressive,
     clenshaw_curtis,
 )
+from flowforge.normalizing.residual import LipSwish, ResidualBlock, ResidualFlow
 from flowforge.normalizing.reverse_kl import ReverseKL
 from flowforge.normalizing.self_improvement import SelfImprovement
 from flowforge.normalizing.smc import SMCResult, smc
@@ -72,12 +74,15 @@ __all__ = [
     "ImportanceSamples",
     "InvConv2d",
     "LULinear",
+    "LipSwish",
     "MaskedAutoregressive",
     "NeuralAutoregressive",
     "UnconstrainedAutoregressive",
     "Permutation",
     "RandomPermutation",
     "RealNVP",
+    "ResidualBlock",
+    "ResidualFlow",
     "Reverse",
     "ReverseKL",
     "SMCResult",
