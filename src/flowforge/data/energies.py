@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
-import importlib.util
 import json
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowforge.core.choices import suggest, unknown_choice
+from flowforge.core.choices import unknown_choice
 from flowforge.core.mcmc import parallel_tempering
+from flowforge.data.user_code import import_target
 
 # numpy < 2 calls it trapz
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
@@ -629,58 +627,6 @@ class FunctionEnergy(Energy):
         return self.fn(x)
 
 
-def _import_target(spec: str) -> Any:
-    how = "write 'package.module:function' (a module on PYTHONPATH) or 'path/to/file.py:function'"
-    if not isinstance(spec, str) or spec.count(":") < 1:
-        raise ValueError(f"energy spec {spec!r} needs the form 'module:function'; {how}")
-    mod_name, _, attr = spec.rpartition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"energy spec {spec!r} needs both a module and a name; {how}")
-    if mod_name.endswith(".py"):
-        path = Path(mod_name)
-        if not path.is_file():
-            raise ValueError(f"energy file {str(path)!r} does not exist; {how}")
-        name = f"flowforge_user_energy_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
-        loader_spec = importlib.util.spec_from_file_location(name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise ValueError(f"could not load {str(path)!r} as a Python module; {how}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(name, None)
-            raise ValueError(
-                f"importing {str(path)!r} failed with {type(e).__name__}: {e}; fix that file (python {path} "
-                "shows the full traceback)"
-            ) from e
-    else:
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ValueError(
-                f"could not import module {mod_name!r} ({type(e).__name__}: {e}); make sure it is installed or on "
-                f"PYTHONPATH (e.g. run from its folder), or {how}"
-            ) from e
-        except Exception as e:
-            raise ValueError(
-                f"importing module {mod_name!r} failed with {type(e).__name__}: {e}; fix that module "
-                f"(python -c 'import {mod_name}' shows the full traceback)"
-            ) from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            own = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
-                   and getattr(v, "__module__", None) == module.__name__]  # fmt: skip
-            listed = ", ".join(repr(n) for n in sorted(own)[:20]) or "none"
-            raise ValueError(
-                f"module {mod_name!r} has no attribute {attr!r}{suggest(attr, own)}; write '{mod_name}:<name>' with "
-                f"the name of your energy function (its own functions and classes: {listed})"
-            )
-        obj = getattr(obj, part)
-    return obj
-
-
 def user_energy(spec: str, dim: int | None = None, *, log_z: float | None = None, probe: int = 8) -> Energy:
     r"""Load a user's energy from ``"module:function"`` (or ``"path/to/file.py:function"``) and validate it.
 
@@ -700,7 +646,7 @@ def user_energy(spec: str, dim: int | None = None, *, log_z: float | None = None
         >>> e(torch.zeros(2, 3))
         tensor([0., 0.])
     """
-    obj = _import_target(spec)
+    obj = import_target(spec, "energy")
     if isinstance(obj, type):
         if issubclass(obj, Energy):
             try:

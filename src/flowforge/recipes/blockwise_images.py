@@ -35,18 +35,15 @@ from flowforge.continuous import BlockwiseFlowMatching
 from flowforge.core.choices import unknown_choice
 from flowforge.data import quantize
 from flowforge.nn.flops import flops_per_eval
-from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
     N_CLASSES,
     _balanced_labels,
     build_image_net,
-    image_fm_data,
-    image_reference,
-    load_images,
+    sampled_image_recipe,
     score_image_samples,
 )
-from flowforge.recipes.registry import Recipe, register
+from flowforge.recipes.registry import register
 
 __all__ = ["build_image_blockwise", "BlockwiseImages", "FIXED_STEP_SOLVERS", "segment_count"]
 
@@ -204,24 +201,15 @@ _SETS: dict[str, dict[str, Any]] = {
 
 for _name, _set in _SETS.items():
     register(
-        Recipe(
-            name=f"{_name}-blockwise",
-            summary=f"blockwise flow matching on {_name}: K=4 time segments, one small UNet each "
+        sampled_image_recipe(
+            f"{_name}-blockwise",
+            f"blockwise flow matching on {_name}: K=4 time segments, one small UNet each "
             "(together the single UNet's parameters); Euler, steps a multiple of K",
-            defaults={**_COMMON, **_set},
+            {**_COMMON, **_set},
             build=build_image_blockwise,
-            data=image_fm_data,
             generator=blockwise_generator,
             sample_options=_sample_options,
             sample_kwargs=_sample_kwargs,
-            eval_options=lambda config: ("data", "n", *_sample_options(config)),
-            reference=image_reference,
-            load_data=load_images,
             evaluate=_evaluate,
-            metrics=("fd", "acc", "pr"),
-            default_metrics=("fd", "acc", "pr"),
-            monitor=sample_grid_monitor,
-            picture=image_picture,
-            kind="image",
         )
     )

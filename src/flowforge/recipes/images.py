@@ -597,6 +597,42 @@ def _requantize(x: Tensor, image: Tensor, mask: Tensor, levels: int) -> Tensor:
     return torch.where(mask.bool().expand_as(image), image, gen)
 
 
+def sampled_image_recipe(
+    name: str,
+    summary: str,
+    defaults: dict[str, Any],
+    *,
+    build: Callable[[dict[str, Any]], nn.Module],
+    generator: Callable[[nn.Module, dict[str, Any]], Any],
+    sample_options: Callable[[dict[str, Any]], tuple[str, ...]],
+    sample_kwargs: Callable[[dict[str, Any], dict[str, Any], int], dict[str, Any]],
+    evaluate: Callable[..., dict[str, Any]],
+    data: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]] = image_fm_data,
+    default_metrics: tuple[str, ...] = ("fd", "acc", "pr"),
+) -> Recipe:
+    """A recipe of another image method (MeanFlow, TwinFlow, blockwise FM, PFGM++) on this family's data,
+    test split, metrics (``fd``, ``acc``, ``pr``) and sample grids; the method brings its own hooks."""
+    return Recipe(
+        name=name,
+        summary=summary,
+        defaults=defaults,
+        build=build,
+        data=data,
+        generator=generator,
+        sample_options=sample_options,
+        sample_kwargs=sample_kwargs,
+        eval_options=lambda config: ("data", "n", *sample_options(config)),
+        reference=image_reference,
+        load_data=load_images,
+        evaluate=evaluate,
+        metrics=("fd", "acc", "pr"),
+        default_metrics=default_metrics,
+        monitor=sample_grid_monitor,
+        picture=image_picture,
+        kind="image",
+    )
+
+
 def image_fm_recipe(
     name: str, summary: str, defaults: dict[str, Any], default_metrics: tuple[str, ...]
 ) -> Recipe:

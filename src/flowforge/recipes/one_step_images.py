@@ -26,18 +26,15 @@ from flowforge.continuous import MeanFlow, TwinFlow
 from flowforge.core.choices import unknown_choice
 from flowforge.core.objectives import SquaredError
 from flowforge.data import quantize
-from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
     _balanced_labels,
     build_image_net,
-    image_fm_data,
-    image_reference,
-    load_images,
+    sampled_image_recipe,
     score_image_samples,
 )
 from flowforge.recipes.one_step2d import meanflow_times
-from flowforge.recipes.registry import Recipe, register
+from flowforge.recipes.registry import register
 
 __all__ = ["build_image_meanflow", "build_image_twinflow", "JumpImages"]
 
@@ -207,23 +204,15 @@ _SETS: dict[str, dict[str, Any]] = {
 for _method, (_build, _extra, _summary) in _METHODS.items():
     for _name, _set in _SETS.items():
         register(
-            Recipe(
-                name=f"{_name}-{_method}",
-                summary=_summary.format(name=_name),
-                defaults={**_COMMON, **_extra, **_set},
+            sampled_image_recipe(
+                f"{_name}-{_method}",
+                _summary.format(name=_name),
+                {**_COMMON, **_extra, **_set},
                 build=_build,
-                data=image_fm_data,
                 generator=jump_generator,
                 sample_options=_sample_options,
                 sample_kwargs=_sample_kwargs,
-                eval_options=lambda config: ("data", "n", *_sample_options(config)),
-                reference=image_reference,
-                load_data=load_images,
                 evaluate=_evaluate,
-                metrics=("fd", "acc", "pr"),
                 default_metrics=("fd", "acc"),
-                monitor=sample_grid_monitor,
-                picture=image_picture,
-                kind="image",
             )
         )

@@ -36,18 +36,16 @@ from flowforge.continuous.pfgm import NET_TIMES, ODES
 from flowforge.core.choices import unknown_choice
 from flowforge.core.time import LogitNormal
 from flowforge.data import quantize
-from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.images import (
     IMAGE_FM_DEFAULTS,
     N_CLASSES,
     _balanced_labels,
     build_image_net,
     image_fm_data,
-    image_reference,
-    load_images,
+    sampled_image_recipe,
     score_image_samples,
 )
-from flowforge.recipes.registry import Recipe, register
+from flowforge.recipes.registry import register
 
 __all__ = ["build_image_pfgm", "image_pfgm_data", "PFGMImages"]
 
@@ -225,24 +223,16 @@ _SETS: dict[str, dict[str, Any]] = {
 
 for _name, _set in _SETS.items():
     register(
-        Recipe(
-            name=f"{_name}-pfgm",
-            summary=f"PFGM++ (D=16, EDM preconditioning) on {_name} with the image recipes' UNet; "
+        sampled_image_recipe(
+            f"{_name}-pfgm",
+            f"PFGM++ (D=16, EDM preconditioning) on {_name} with the image recipes' UNet; "
             "Euler or Heun on EDM's grid",
-            defaults={**_COMMON, **_set},
+            {**_COMMON, **_set},
             build=build_image_pfgm,
             data=image_pfgm_data,
             generator=pfgm_generator,
             sample_options=_sample_options,
             sample_kwargs=_sample_kwargs,
-            eval_options=lambda config: ("data", "n", *_sample_options(config)),
-            reference=image_reference,
-            load_data=load_images,
             evaluate=_evaluate,
-            metrics=("fd", "acc", "pr"),
-            default_metrics=("fd", "acc", "pr"),
-            monitor=sample_grid_monitor,
-            picture=image_picture,
-            kind="image",
         )
     )

@@ -12,13 +12,11 @@ budget, and divide by the budget. A run that finds score 1 at its first call sco
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
+from flowforge.data.user_code import import_target
 
 __all__ = ["Oracle", "OracleResult", "load_reward", "top_k_auc", "top_k_mean", "REWARDS"]
 
@@ -51,30 +49,7 @@ def load_reward(spec: str | Callable[[list[str]], Sequence[float]]) -> Callable[
         return _qed
     if ":" not in spec:
         raise ValueError(f"unknown reward {spec!r}; the named rewards are {', '.join(REWARDS)}; or {how}")
-    mod_name, _, attr = spec.rpartition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"reward {spec!r} needs both a module and a function name; {how}")
-    if mod_name.endswith(".py"):
-        path = Path(mod_name)
-        if not path.is_file():
-            raise ValueError(f"reward file {str(path)!r} does not exist; {how}")
-        name = f"flowforge_user_reward_{abs(hash(str(path.resolve()))):x}"
-        loader = importlib.util.spec_from_file_location(name, path)
-        if loader is None or loader.loader is None:
-            raise ValueError(f"could not load {str(path)!r} as a Python module; {how}")
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[name] = module
-        loader.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ValueError(f"could not import {mod_name!r} ({e}); put it on PYTHONPATH or {how}") from e
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{mod_name!r} has no attribute {attr!r}; {how}")
-        obj = getattr(obj, part)
+    obj = import_target(spec, "reward")
     if not callable(obj):
         raise ValueError(
             f"reward {spec!r} is a {type(obj).__name__}, not a function list[str] -> list[float]"
