@@ -152,6 +152,17 @@ def test_exact_transition_is_the_matrix_exponential_and_preserves_the_stationary
     assert torch.allclose(Phi, torch.linalg.matrix_exp(-drift_matrix(sys) * h), atol=1e-13)
     S = stationary_covariance(sys)
     assert torch.allclose(Phi @ S @ Phi.T + L @ L.T, S, atol=1e-12)
+    # one exact step from a fixed state: mean e^{-Bh} z0 and covariance Q, by Monte Carlo
+    n = 40_000
+    z0 = torch.tensor([[1.5, -0.5], [-1.0, 2.0]], dtype=F64)  # (2, d): x and g of one particle
+    xi = torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(15), dtype=F64)
+    out = exact_step(sys, z0.expand(n, 1, 2, 2), h, xi).z
+    Q = S - Phi @ S @ Phi.T
+    mean = out.mean(0)[0]
+    se = torch.sqrt(Q.diag() / n)[:, None]
+    assert ((mean - torch.linalg.matrix_exp(-drift_matrix(sys) * h) @ z0).abs() < 4 * se).all()
+    dev = (out - out.mean(0))[:, 0].permute(0, 2, 1).reshape(-1, 2)
+    assert torch.allclose(dev.T @ dev / dev.shape[0], Q, atol=4 * float(Q.diag().max()) * math.sqrt(2 / n))
 
 
 # ---------------------------------------------------------------- simulator
