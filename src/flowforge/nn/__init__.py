@@ -7,8 +7,8 @@ from flowforge.nn.embeddings import FourierTime
 from flowforge.nn.flops import flops_per_eval
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
-from flowforge.nn.particle_net import ParticleNet
 from flowforge.nn.mmdit import MMDiT, MMDiTBlock
+from flowforge.nn.particle_net import ParticleNet
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
 from flowforge.nn.token_transformer import TokenTransformer
 from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
