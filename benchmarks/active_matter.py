@@ -217,9 +217,12 @@ def main() -> None:
     p.add_argument("--box-v0", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     p.add_argument("--box-n", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--parts", default="trap,box")
+    p.add_argument("--box-steps", type=int, default=0, help="Adam steps of the box part (default 1000)")
     a = p.parse_args()
     a.trap_n, a.trap_steps = (2000, 100) if a.quick else (20_000, 2000)
+    given_steps = a.box_steps
     a.box_train, a.box_test, a.box_steps, a.width = (512, 256, 60, 16) if a.quick else (8192, 2048, 1000, 32)
+    a.box_steps = given_steps or a.box_steps
     torch.set_num_threads(1)
     t0 = time.time()
     out: dict = {}
