@@ -15,6 +15,7 @@ method                                             file                   order 
 :class:`RK4`                                       ``runge_kutta.py``     4      4
 :class:`Dopri5` (adaptive 5(4))                    ``dopri5.py``          5      6 (FSAL)
 :class:`PseudoCorrector` (FlowTurbo)               ``turbo.py``           2      1 (+1 once)
+:class:`Projected` (any of these on a manifold)    ``riemannian.py``      inner  inner
 :class:`EulerMaruyama`, ``constant_eps``,          ``sde.py``             0.5    1 or 2
 ``vanishing_eps``                                                         (weak 1)
 ``uniform_grid``, ``shifted_grid``, ``edm_grid``   ``grids.py``           --     --
@@ -50,6 +51,7 @@ from flowforge.core.solvers.runge_kutta import (
     Midpoint,
     Ralston,
 )
+from flowforge.core.solvers.riemannian import Projected, projected_field
 from flowforge.core.solvers.sde import EulerMaruyama, constant_eps, vanishing_eps
 from flowforge.core.solvers.turbo import PseudoCorrector
 
@@ -63,6 +65,7 @@ __all__ = [
     "ExplicitRungeKutta",
     "Heun",
     "Midpoint",
+    "Projected",
     "PseudoCorrector",
     "Ralston",
     "SolveResult",
@@ -71,6 +74,7 @@ __all__ = [
     "VelocityField",
     "constant_eps",
     "edm_grid",
+    "projected_field",
     "shifted_grid",
     "solve",
     "uniform_grid",
