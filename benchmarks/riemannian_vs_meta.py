@@ -259,7 +259,9 @@ def main() -> None:
         )
     diffs = [r["nll"]["ours"] - r["nll"]["meta"] for r in rows]
     ratios = [r["ratio_paired"] for r in rows]
-    print("\n| seed | NLL ours | NLL Meta | diff | floor | ms/step ours | ms/step Meta | paired ratio | max off-sphere ours / Meta (f64) | MMD ours / Meta / control |")
+    print(
+        "\n| seed | NLL ours | NLL Meta | diff | floor | ms/step ours | ms/step Meta | paired ratio | max off-sphere ours / Meta (f64) | MMD ours / Meta / control |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -31,7 +31,17 @@ from flowforge.core.manifolds import (
     so3_log,
 )
 from flowforge.core.schedules import Cosine, Linear, Polynomial
-from flowforge.core.solvers import RK4, Dopri5, Euler, EulerMaruyama, Heun, Midpoint, Projected, solve, uniform_grid
+from flowforge.core.solvers import (
+    RK4,
+    Dopri5,
+    Euler,
+    EulerMaruyama,
+    Heun,
+    Midpoint,
+    Projected,
+    solve,
+    uniform_grid,
+)
 from flowforge.data import VMFMixture, earth_like_vmf_mixture, vmf_log_prob, vmf_sample
 from flowforge.nn import MLP, PeriodicInput
 
@@ -128,11 +138,11 @@ def test_sphere_exp_matches_rotation_and_log_matches_acos():
 def test_sphere_small_angles_are_accurate():
     s = Sphere(2)
     x = points(s, 16)
-    for eps in (1e-3, 1e-6, 1e-9, 1e-12, 0.0):
+    for eps in (5e-3, 1e-3, 1e-6, 1e-9, 1e-12, 0.0):
         v = tangent(s, x)
         v = eps * v / v.norm(dim=1, keepdim=True)
         y = s.expmap(x, v)
-        assert torch.allclose(s.logmap(x, y), v, atol=1e-15 + 1e-9 * eps)
+        assert torch.allclose(s.logmap(x, y), v, rtol=0.0, atol=1e-15 + 1e-12 * eps)
         assert torch.allclose(s.dist(x, y), torch.full((16,), eps, dtype=D64), atol=1e-15)
 
 
@@ -159,7 +169,9 @@ def test_so3_log_exp_round_trip_near_zero_and_pi(theta):
 
 
 def test_so3_log_at_exactly_pi_gives_a_valid_logarithm():
-    axes = torch.eye(3, dtype=D64).repeat(3, 1) + torch.tensor([[0.0, 0.0, 0.0]] * 3 + [[0.0, 0.3, 0.0]] * 3 + [[0.1, -0.2, 0.0]] * 3, dtype=D64)
+    axes = torch.eye(3, dtype=D64).repeat(3, 1) + torch.tensor(
+        [[0.0, 0.0, 0.0]] * 3 + [[0.0, 0.3, 0.0]] * 3 + [[0.1, -0.2, 0.0]] * 3, dtype=D64
+    )
     axes = axes / axes.norm(dim=1, keepdim=True)
     r = so3_exp(math.pi * axes)
     w = so3_log(r)
@@ -289,7 +301,9 @@ def _so3_case():
     return g, f, points(g, 8), exact
 
 
-@pytest.mark.parametrize("case", [_sphere_rotation_case, _torus_case, _so3_case], ids=["sphere", "torus", "so3"])
+@pytest.mark.parametrize(
+    "case", [_sphere_rotation_case, _torus_case, _so3_case], ids=["sphere", "torus", "so3"]
+)
 @pytest.mark.parametrize("solver", [Euler(), Midpoint(), Heun(), RK4()], ids=repr)
 def test_projected_solver_convergence_order(case, solver):
     m, f, x0, exact = case()
@@ -333,7 +347,9 @@ def _divergence_by_flow_volume(m, f, x, t, eps=1e-4):
     nb = (b.flatten(1) ** 2).sum(1)
 
     def chart(xi):
-        return m.expmap(x[None], (xi[:, None, None] * b if isinstance(m, SO3) else xi[:, None] * b).sum(0)[None])[0]
+        return m.expmap(
+            x[None], (xi[:, None, None] * b if isinstance(m, SO3) else xi[:, None] * b).sum(0)[None]
+        )[0]
 
     def coords(y):
         u = m.logmap(x[None], y[None])[0]
@@ -405,8 +421,17 @@ def test_hutchinson_riemannian_divergence_is_unbiased():
 @pytest.mark.parametrize(
     "m,field",
     [
-        (Sphere(2), lambda x, t: (1 + t)[:, None] * torch.linalg.cross(torch.tensor([0.2, 0.9, -0.4], dtype=D64).expand_as(x), x, dim=1)),
-        (SO3(), lambda r, t: so3_hat(torch.tensor([0.4, -1.0, 0.3], dtype=D64)).expand_as(r) @ r),  # right-invariant
+        (
+            Sphere(2),
+            lambda x, t: (
+                (1 + t)[:, None]
+                * torch.linalg.cross(torch.tensor([0.2, 0.9, -0.4], dtype=D64).expand_as(x), x, dim=1)
+            ),
+        ),
+        (
+            SO3(),
+            lambda r, t: so3_hat(torch.tensor([0.4, -1.0, 0.3], dtype=D64)).expand_as(r) @ r,
+        ),  # right-invariant
         (FlatTorus(2), lambda x, t: torch.tensor([1.0, -2.5], dtype=D64).expand_as(x)),
     ],
     ids=["sphere-rotation", "so3-right-invariant", "torus-constant"],
@@ -437,7 +462,10 @@ def test_density_of_a_random_flow_integrates_to_one_on_the_sphere():
     assert float(lp.exp().max()) > 1.3 / (4 * math.pi)  # the flow is far from uniform
     assert abs(float((lp.exp() * w).sum()) - 1.0) < 2e-3
     # the quadrature itself integrates the vMF density to 1
-    assert abs(float((vmf_log_prob(x, torch.tensor([0.0, 0.6, 0.8], dtype=D64), 5.0).exp() * w).sum()) - 1) < 1e-8
+    assert (
+        abs(float((vmf_log_prob(x, torch.tensor([0.0, 0.6, 0.8], dtype=D64), 5.0).exp() * w).sum()) - 1)
+        < 1e-8
+    )
 
 
 def test_density_of_a_random_flow_integrates_to_one_on_the_torus():

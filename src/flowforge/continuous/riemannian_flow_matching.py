@@ -67,7 +67,9 @@ class TangentProjection(nn.Module):
         tensor([[1., 1., 0.]])
     """
 
-    def __init__(self, net: Callable[..., Tensor], manifold: Manifold, *, project_input: bool = False) -> None:
+    def __init__(
+        self, net: Callable[..., Tensor], manifold: Manifold, *, project_input: bool = False
+    ) -> None:
         super().__init__()
         self.net, self.manifold, self.project_input = net, manifold, bool(project_input)
 
@@ -152,7 +154,9 @@ def _solver(solver: str | S.Solver, atol: float, rtol: float) -> S.Solver:
     if solver == "dopri5":
         return S.Dopri5(atol=atol, rtol=rtol)
     if solver == "sde":
-        raise ValueError("Riemannian flows sample by an ODE; pick solver='euler', 'midpoint', 'rk4' or 'dopri5'")
+        raise ValueError(
+            "Riemannian flows sample by an ODE; pick solver='euler', 'midpoint', 'rk4' or 'dopri5'"
+        )
     return make_solver(solver)
 
 

@@ -4,7 +4,12 @@ Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` o
 lazily by the molecule functions.
 """
 
-from flowforge.data.aldp import AlanineDipeptide, AlanineDipeptideInternal, InternalCoordinates, aldp_dihedrals
+from flowforge.data.aldp import (
+    AlanineDipeptide,
+    AlanineDipeptideInternal,
+    InternalCoordinates,
+    aldp_dihedrals,
+)
 from flowforge.data.arrays import SUPPORTED_EXTENSIONS, Standardizer, check_finite, load_array
 from flowforge.data.energies import (
     GMM40,

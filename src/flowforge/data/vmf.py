@@ -31,7 +31,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["VMFMixture", "earth_like_vmf_mixture", "latlon_to_xyz", "vmf_log_normalizer", "vmf_log_prob", "vmf_sample"]
+__all__ = [
+    "VMFMixture",
+    "earth_like_vmf_mixture",
+    "latlon_to_xyz",
+    "vmf_log_normalizer",
+    "vmf_log_prob",
+    "vmf_sample",
+]
 
 
 def _check_mu_kappa(mu: Tensor, kappa: float) -> Tensor:
@@ -202,7 +209,9 @@ class VMFMixture:
         for k in range(len(self.kappas)):
             idx = (comp == k).nonzero().flatten()
             if idx.numel():
-                out[idx] = vmf_sample(self.means[k], self.kappas[k], idx.numel(), generator=generator, dtype=torch.float64)
+                out[idx] = vmf_sample(
+                    self.means[k], self.kappas[k], idx.numel(), generator=generator, dtype=torch.float64
+                )
         return out.to(dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:

@@ -61,7 +61,9 @@ def build_riemannian(config: dict[str, Any]) -> RiemannianFlowMatching:
     m = _manifold(config)
     d = m.event_shape[0]
     if config["manifold"] == "torus":
-        net: Any = PeriodicInput(MLP(2 * d, config["width"], config["depth"], out_dim=d, time_freqs=config["time_freqs"]))
+        net: Any = PeriodicInput(
+            MLP(2 * d, config["width"], config["depth"], out_dim=d, time_freqs=config["time_freqs"])
+        )
     else:
         net = MLP(d, config["width"], config["depth"], time_freqs=config["time_freqs"])
     return RiemannianFlowMatching(net, m)
@@ -174,7 +176,9 @@ def _evaluate(
         if config["manifold"] == "sphere":
             out["nll_floor"] = float(-earth_like_vmf_mixture().log_prob(pts.double()).mean())
         else:
-            train = aldp_dihedrals(int(config["n_train"]), seed=int(config["md_seed"]), path=_aldp_dir(config))
+            train = aldp_dihedrals(
+                int(config["n_train"]), seed=int(config["md_seed"]), path=_aldp_dir(config)
+            )
             out["nll_histogram"] = histogram_nll(train, pts)
     return out
 

@@ -41,6 +41,7 @@ Example:
 from flowforge.core.solvers.base import Solver, SolveResult, SolverState, VelocityField, solve
 from flowforge.core.solvers.dopri5 import Dopri5
 from flowforge.core.solvers.grids import edm_grid, shifted_grid, uniform_grid
+from flowforge.core.solvers.riemannian import Projected, projected_field
 from flowforge.core.solvers.runge_kutta import (
     RK4,
     SSPRK3,
@@ -51,7 +52,6 @@ from flowforge.core.solvers.runge_kutta import (
     Midpoint,
     Ralston,
 )
-from flowforge.core.solvers.riemannian import Projected, projected_field
 from flowforge.core.solvers.sde import EulerMaruyama, constant_eps, vanishing_eps
 from flowforge.core.solvers.turbo import PseudoCorrector
 

@@ -77,7 +77,9 @@ class Projected:
 
     def __init__(self, solver: Solver, manifold: Manifold | Any) -> None:
         if isinstance(solver, Projected):
-            raise TypeError("the solver is already Projected; wrap the plain solver, e.g. Projected(RK4(), m)")
+            raise TypeError(
+                "the solver is already Projected; wrap the plain solver, e.g. Projected(RK4(), m)"
+            )
         if isinstance(solver, EulerMaruyama):
             raise TypeError(
                 "Projected integrates ODEs on a manifold; pass an ODE solver such as Euler(), Midpoint() or "
