@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -131,6 +132,16 @@ def _embed(x: Tensor, config: dict[str, Any]) -> Tensor:
     return torch.cat([torch.cos(x), torch.sin(x)], dim=1) if config["manifold"] == "torus" else x
 
 
+def _lon_lat(samples: Any, config: dict[str, Any]) -> Any:
+    """The ``picture`` hook of ``sphere-vmf``: points on S^2 as (longitude, latitude) in degrees."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 3:
+        return samples
+    lon = np.degrees(np.arctan2(x[:, 1], x[:, 0]))
+    lat = np.degrees(np.arcsin(np.clip(x[:, 2] / np.linalg.norm(x, axis=1), -1.0, 1.0)))
+    return np.stack([lon, lat], axis=1)
+
+
 def _sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
     return {
         "solver": given.get("solver", config.get("solver", "midpoint")),
@@ -216,6 +227,7 @@ register(
         evaluate=_evaluate,
         metrics=RIEMANNIAN_METRICS,
         default_metrics=RIEMANNIAN_METRICS,
+        picture=_lon_lat,
         kind="continuous",
     )
 )
