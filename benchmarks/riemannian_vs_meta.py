@@ -251,7 +251,7 @@ def main() -> None:
             f"{r['loss_last'][1]:.4f} | step cpu ms ours {r['cpu_ms']['ours']:.2f} meta {r['cpu_ms']['meta']:.2f} "
             f"(wall {r['wall_ms']['ours']:.2f}/{r['wall_ms']['meta']:.2f}) paired ratio {r['ratio_paired']:.3f} "
             f"over {r['rounds']} rounds | NLL ours {r['nll']['ours']:.4f} meta {r['nll']['meta']:.4f} "
-            f"diff {r['nll']['ours'] - r['nll']['meta']:+.4f} (floor {floor:.4f}; ours at 2x steps "
+            f"diff {r['nll']['ours'] - r['nll']['meta']:+.1e} (floor {floor:.4f}; ours at 2x steps "
             f"{r['nll']['ours_fine']:.4f}) | max||x|-1| ours "
             f"{r['on_manifold']['ours']:.1e} meta {r['on_manifold']['meta']:.1e} (projx err {r['on_manifold']['ours_projx']:.1e})"
             f" | MMD ours {r['mmd']['ours']:.5f} meta {r['mmd']['meta']:.5f} control {r['mmd']['control']:.5f}",
@@ -265,14 +265,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['seed']} | {r['nll']['ours']:.4f} | {r['nll']['meta']:.4f} | {r['nll']['ours'] - r['nll']['meta']:+.4f} | "
+            f"| {r['seed']} | {r['nll']['ours']:.4f} | {r['nll']['meta']:.4f} | {r['nll']['ours'] - r['nll']['meta']:+.1e} | "
             f"{floor:.4f} | {r['cpu_ms']['ours']:.2f} | {r['cpu_ms']['meta']:.2f} | {r['ratio_paired']:.3f} | "
             f"{r['on_manifold']['ours']:.1e} / {r['on_manifold']['meta']:.1e} | "
             f"{r['mmd']['ours']:.5f} / {r['mmd']['meta']:.5f} / {r['mmd']['control']:.5f} |"
         )
     print(
-        f"\nmean paired NLL diff (ours - Meta) {statistics.mean(diffs):+.4f} nats over {len(diffs)} seed(s); "
-        f"max |diff| {max(abs(d) for d in diffs):.4f}; time ratio ours/Meta (median of seeds' paired ratios) "
+        f"\nmean paired NLL diff (ours - Meta) {statistics.mean(diffs):+.1e} nats over {len(diffs)} seed(s); "
+        f"max |diff| {max(abs(d) for d in diffs):.1e}; time ratio ours/Meta (median of seeds' paired ratios) "
         f"{statistics.median(ratios):.3f}"
     )
 

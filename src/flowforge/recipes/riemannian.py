@@ -14,7 +14,8 @@ and sample with a projected ODE solver (``--solver``, ``--steps``). ``eval`` met
   ``nll_histogram`` (a 36 x 36 histogram of the training angles, torus), and ``nll_uniform``;
 - ``mmd``: MMD (unbiased, RBF kernels on the chordal embedding: the points themselves on S^2,
   ``[cos, sin]`` of the angles on T^2) between samples and test points, with ``mmd_control``: a fresh
-  draw of the truth against the same test points;
+  draw of the truth against the same test points (torus: another MD trajectory, whose basin
+  populations differ from the test trajectory's; and ``mmd_train``: the training frames themselves);
 - ``off_manifold``: ``max |projx(x) - x|`` of the samples (0 up to rounding).
 
 Example:
@@ -173,11 +174,15 @@ def _evaluate(
             out["off_manifold"] = float(m.off_manifold(y))
         if "mmd" in metrics:
             out["mmd"] = float(mmd(_embed(y, config), _embed(x[:k], config)))
-            fresh = (
-                earth_like_vmf_mixture().sample(k, seed=30_000 + seed)
-                if config["manifold"] == "sphere"
-                else _aldp_reference(config, k, seed + 1)
-            )
+            if config["manifold"] == "sphere":
+                fresh = earth_like_vmf_mixture().sample(k, seed=30_000 + seed)
+            else:  # another MD trajectory than the test one (which is reference(..., seed + 1))
+                fresh = _aldp_reference(config, k, seed + 2)
+                train = aldp_dihedrals(
+                    int(config["n_train"]), seed=int(config["md_seed"]), path=_aldp_dir(config)
+                )
+                pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:k]
+                out["mmd_train"] = float(mmd(_embed(train[pick], config), _embed(x[:k], config)))
             out["mmd_control"] = float(mmd(_embed(fresh, config), _embed(x[:k], config)))
     if "nll" in metrics:
         pts = x[: int(config["nll_points"])]
