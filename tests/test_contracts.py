@@ -44,6 +44,10 @@ def _generators():
     yield "NSF", ff.NSF(2, transforms=1, hidden=(8,))
     yield "TARFlow", ff.TARFlow(dim=2, blocks=1, width=16)
     yield "GFlowNetGenerator", GFN[0][1].generator()
+    yield (
+        "RiemannianGenerator",
+        ff.RiemannianFlowMatching(ff.nn.MLP(3, 16, 1), ff.manifolds.Sphere(2)).generator(),
+    )
 
 
 @pytest.mark.parametrize(("name", "gen"), list(_generators()), ids=lambda v: v if isinstance(v, str) else "")

@@ -56,6 +56,7 @@ EXTRA = {
     "dw4-bg": {"objective": "kl"},
     "lj13-bg": {"objective": "kl"},
     "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
+    "torus-aldp": {"data_dir": str(ALDP)},  # 64 MD frames (or the cached trajectory's first 64)
     # the whole oracle budget runs in the trainer's one step
     "smiles-optimize": {
         "budget": 40,
@@ -98,11 +99,15 @@ NEEDS_SMILES_BASE = {"smiles-optimize"}
 SKIP = {
     **({} if importlib.util.find_spec("rdkit") else {"smiles-optimize": "rdkit is not installed"}),
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
-    **({} if ALDP.is_dir() else {"aldp-bg": f"alanine-dipeptide files not found at {ALDP}"}),
+    **(
+        {}
+        if ALDP.is_dir()
+        else {k: f"alanine-dipeptide files not found at {ALDP}" for k in ("aldp-bg", "torus-aldp")}
+    ),
     **(
         {}
         if importlib.util.find_spec("openmm")
-        else {"aldp-bg": "openmm is not installed (pip install openmm)"}
+        else {k: "openmm is not installed (pip install openmm)" for k in ("aldp-bg", "torus-aldp")}
     ),
 }
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import flowforge.core.solvers as solvers_module
+from flowforge.core.manifolds import Euclidean
 from flowforge.core.solvers import (
     RK4,
     ButcherTableau,
@@ -142,6 +143,8 @@ ODE_FACTORIES = {
     # tolerances so loose that every step is accepted and the first step spans the whole interval:
     # one 5th-order Dormand-Prince step per grid interval, i.e. a fixed-step method
     Dopri5: lambda: Dopri5(atol=1e6, rtol=1e6, first_step=1.0),
+    # on flat space the projections are identities: the wrapped solver's order must come through
+    solvers_module.Projected: lambda: solvers_module.Projected(RK4(), Euclidean(2)),
 }
 SDE_FACTORIES = {
     EulerMaruyama: lambda score, eps, noise: EulerMaruyama(score, eps, noise=noise),

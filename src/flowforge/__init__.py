@@ -41,6 +41,7 @@ _MODULES = {
     "solvers": "flowforge.core.solvers",
     "time": "flowforge.core.time",
     "dispersive": "flowforge.core.dispersive",
+    "manifolds": "flowforge.core.manifolds",
 }
 _NAMES = {
     "FlowMatching": "flowforge.continuous",
@@ -51,6 +52,7 @@ _NAMES = {
     "MeanFlow": "flowforge.continuous",
     "PFGMPP": "flowforge.continuous",
     "BlockwiseFlowMatching": "flowforge.continuous",
+    "RiemannianFlowMatching": "flowforge.continuous",
     "DiscreteFlowMatching": "flowforge.discrete",
     "AffinePath": "flowforge.core.paths",
     "StochasticInterpolant": "flowforge.core.paths",

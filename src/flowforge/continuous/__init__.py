@@ -1,4 +1,5 @@
-"""Continuous flows: flow matching, rectified flow, stochastic interpolants, PFGM++, blockwise FM."""
+"""Continuous flows: flow matching, rectified flow, stochastic interpolants, PFGM++, blockwise FM,
+Riemannian flow matching."""
 
 from flowforge.continuous.blockwise import (
     BlockwiseFlowMatching,
@@ -11,6 +12,11 @@ from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
 from flowforge.continuous.meanflow import MeanFlow, MeanFlowGenerator, MeanFlowTimes
 from flowforge.continuous.pfgm import PFGMPP, PFGMGenerator
+from flowforge.continuous.riemannian_flow_matching import (
+    RiemannianFlowMatching,
+    RiemannianGenerator,
+    TangentProjection,
+)
 from flowforge.continuous.symmflow import SymmFlow, SymmFlowGenerator
 from flowforge.continuous.twinflow import TwinFlow, TwinFlowGenerator
 
@@ -33,4 +39,7 @@ __all__ = [
     "SegmentTimes",
     "PFGMPP",
     "PFGMGenerator",
+    "RiemannianFlowMatching",
+    "RiemannianGenerator",
+    "TangentProjection",
 ]

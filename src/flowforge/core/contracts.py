@@ -5,7 +5,7 @@ Every implementation in the package is checked against these by ``tests/test_con
 ============================  ===========================================================
 protocol                      implemented by
 ============================  ===========================================================
-:class:`Generator`            ``FlowGenerator``, ``Flow`` (and ``TARFlow``), ``GFlowNetGenerator``, run generators
+:class:`Generator`            ``FlowGenerator``, ``RiemannianGenerator``, ``Flow`` (and ``TARFlow``), ``GFlowNetGenerator``, run generators
 :class:`Objective`            ``FlowMatching``, ``Flow``, ``ReverseKL``, every ``GFlowNet`` objective
 :class:`Bijection`            every normalizing-flow layer (couplings, autoregressive, linear, residual, TARFlow blocks)
 :class:`Energy`               ``data.energies.Energy`` and its subclasses, ``user_energy``

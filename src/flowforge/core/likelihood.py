@@ -9,6 +9,11 @@ For :math:`\dot x_t = f(x_t, t)` carrying :math:`p_0` (source) at t=0 to :math:`
 backwards from :math:`(x_1, 0)` at t=1 to t=0 with any solver of :mod:`flowforge.core.solvers`, packed
 as one flat ``(B, D + 1)`` state, so that :math:`\log p_1(x_1) = \log p_0(x_0) + l(0)`.
 
+On a manifold (Chen & Lipman, ICLR 2024, eq. 10; Mathieu & Nickel, NeurIPS 2020) the same identity holds
+with the Riemannian divergence and densities w.r.t. the Riemannian volume;
+:func:`riemannian_divergence` computes it in ambient coordinates and :func:`riemannian_log_prob`
+integrates on the manifold with a :class:`~flowforge.core.solvers.Projected` solver.
+
 Example:
     >>> import torch
     >>> from flowforge.core.solvers import RK4
@@ -30,9 +35,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from flowforge.core.solvers import Dopri5, EulerMaruyama, Solver, VelocityField, solve, uniform_grid
+from flowforge.core.manifolds import Manifold
+from flowforge.core.solvers import (
+    RK4,
+    Dopri5,
+    EulerMaruyama,
+    Projected,
+    Solver,
+    VelocityField,
+    solve,
+    uniform_grid,
+)
 
-__all__ = ["DivergenceMethod", "divergence", "log_prob"]
+__all__ = ["DivergenceMethod", "divergence", "log_prob", "riemannian_divergence", "riemannian_log_prob"]
 
 DivergenceMethod = Literal["exact", "hutchinson-gaussian", "hutchinson-rademacher"]
 _METHODS = ("exact", "hutchinson-gaussian", "hutchinson-rademacher")
@@ -231,6 +246,251 @@ def log_prob(
     z0 = solve(augmented, z1, solver, grid).x
     x0 = z0[:, :d].reshape(b, *event)
     lp0 = base_log_prob(x0)
+    if not isinstance(lp0, Tensor) or lp0.shape != (b,):
+        shape = tuple(lp0.shape) if isinstance(lp0, Tensor) else type(lp0).__name__
+        raise ValueError(f"base_log_prob returned shape {shape} for a batch of {b}; it must return (B,)")
+    lp = lp0 + z0[:, d]
+    return (lp, x0) if return_x0 else lp
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifolds
+# --------------------------------------------------------------------------------------------------
+
+
+def _probe_check(method: str, probes: Tensor | None, x: Tensor) -> None:
+    if method != "exact" and (probes is None or probes.dim() != x.dim() + 1 or probes.shape[1:] != x.shape):
+        got = None if probes is None else tuple(probes.shape)
+        raise ValueError(
+            f"{method} needs probes of shape (P, *x.shape) = (P, {', '.join(map(str, x.shape))}), got {got}"
+        )
+
+
+def riemannian_divergence(
+    f: VelocityField,
+    x: Tensor,
+    t: Tensor,
+    manifold: Manifold,
+    method: DivergenceMethod = "exact",
+    probes: Tensor | None = None,
+    *,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r"""The tangent field :math:`v = P_x f(x, t)` and its Riemannian divergence, in ambient coordinates.
+
+    For a submanifold :math:`\mathcal M \subset \mathbb R^n` with the induced metric (any constant
+    multiple of it gives the same divergence), an orthonormal basis :math:`e_1, \dots, e_d` of
+    :math:`T_x\mathcal M` and the Levi-Civita connection :math:`\nabla_{e_i} v = P_x\, Dv\, e_i`
+    (the tangential part of the ambient derivative, Gauss formula),
+
+    .. math::
+        \operatorname{div}_{\mathcal M} v = \sum_i \langle \nabla_{e_i} v, e_i\rangle
+        = \sum_i \langle Dv\, e_i, e_i\rangle = \operatorname{tr}(P_x\, Dv\, P_x) = \operatorname{tr}(Dv\, P_x),
+
+    where :math:`Dv` is the ambient Jacobian of *any* smooth extension of :math:`v` off the manifold
+    (only its derivatives along tangent directions enter, because of the projector :math:`P_x`). The
+    exact method takes one vector-Jacobian product per ambient coordinate with the projected cotangent
+    :math:`P_x \varepsilon_j` (:math:`\operatorname{tr}(P Dv) = \sum_j (P\varepsilon_j)^\top Dv\,
+    \varepsilon_j`); Hutchinson uses projected probes :math:`z = P_x\varepsilon`, for which
+    :math:`E[z^\top Dv\, z] = \operatorname{tr}(Dv\, P_x)`. On the flat torus :math:`P = I` and this is
+    the Euclidean divergence; on :math:`S^2 \subset \mathbb R^3`, :math:`P = I - xx^\top` and
+    :math:`\operatorname{div} v = \operatorname{tr} Dv - x^\top Dv\, x`.
+
+    Args:
+        f: field ``f(x, t) -> (B, *event)`` (projected to the tangent space here); must treat batch
+            entries independently.
+        x: points on the manifold, ``(B, *event)``.
+        t: times, ``(B,)``.
+        manifold: gives ``proju``.
+        method: ``"exact"``, ``"hutchinson-gaussian"`` or ``"hutchinson-rademacher"``.
+        probes: ``(P, B, *event)`` ambient probes for Hutchinson.
+        create_graph: keep the graph (see :func:`divergence`).
+
+    Returns:
+        ``(v, div)``: the tangent field ``(B, *event)`` and the divergence ``(B,)``.
+
+    Example:
+        >>> import torch
+        >>> from flowforge.core.manifolds import Sphere
+        >>> x = torch.tensor([[0.6, 0.0, 0.8]], dtype=torch.float64)
+        >>> north = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        >>> f = lambda x, t: north.expand_as(x)  # tangent part: the gradient of the height z
+        >>> v, div = riemannian_divergence(f, x, torch.zeros(1), Sphere(2))
+        >>> round(float(div), 10)  # div grad z = Laplace-Beltrami of z = -2 z on S^2
+        -1.6
+    """
+    _check_method(method)
+    _probe_check(method, probes, x)
+    with torch.enable_grad():
+        if not (create_graph and x.requires_grad):
+            x = x.detach().requires_grad_(True)
+        v = manifold.proju(x, f(x, t))
+        if not isinstance(v, Tensor) or v.shape != x.shape:
+            shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(
+                f"velocity returned shape {shape} for x of shape {tuple(x.shape)}; the field must return "
+                "a tensor shaped like x, f(x, t) -> (B, *event)"
+            )
+        b = x.shape[0]
+        div = torch.zeros(b, dtype=x.dtype, device=x.device)
+        if v.requires_grad:
+            if method == "exact":
+                d = x[0].numel()
+                xd = x.detach()
+                for i in range(d):
+                    e = torch.zeros(b, d, dtype=x.dtype, device=x.device)
+                    e[:, i] = 1.0
+                    cot = manifold.proju(xd, e.reshape(x.shape))
+                    (g,) = torch.autograd.grad(
+                        v, x, grad_outputs=cot, retain_graph=create_graph or i < d - 1,
+                        create_graph=create_graph, allow_unused=True,
+                    )  # fmt: skip
+                    if g is not None:
+                        div = div + g.reshape(b, -1)[:, i]
+            else:
+                n = probes.shape[0]
+                xd = x.detach()
+                for k in range(n):
+                    z = manifold.proju(xd, probes[k])
+                    (g,) = torch.autograd.grad(
+                        v, x, grad_outputs=z, retain_graph=create_graph or k < n - 1,
+                        create_graph=create_graph, allow_unused=True,
+                    )  # fmt: skip
+                    if g is not None:
+                        div = div + (g * z).reshape(b, -1).sum(1)
+                div = div / n
+    if not create_graph:
+        v, div = v.detach(), div.detach()
+    return v, div
+
+
+class _WithLogDensity:
+    """The manifold times a flat line: the augmented state ``(B, D + 1)`` of :func:`riemannian_log_prob`."""
+
+    def __init__(self, manifold: Manifold, event: tuple[int, ...]) -> None:
+        self.manifold, self.event = manifold, event
+        self.d = math.prod(event)
+
+    def _split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z[:, : self.d].reshape(z.shape[0], *self.event), z[:, self.d :]
+
+    def projx(self, z: Tensor) -> Tensor:
+        x, rest = self._split(z)
+        return torch.cat([self.manifold.projx(x).reshape(z.shape[0], self.d), rest], dim=1)
+
+    def proju(self, z: Tensor, u: Tensor) -> Tensor:
+        x, _ = self._split(z)
+        ux, urest = self._split(u)
+        return torch.cat([self.manifold.proju(x, ux).reshape(z.shape[0], self.d), urest], dim=1)
+
+    def __repr__(self) -> str:
+        return f"{self.manifold!r} x R"
+
+
+def riemannian_log_prob(
+    f: VelocityField,
+    x1: Tensor,
+    manifold: Manifold,
+    base_log_prob: Callable[[Tensor], Tensor] | None = None,
+    *,
+    solver: Solver | None = None,
+    grid: Tensor | int | None = None,
+    divergence: DivergenceMethod = "exact",
+    n_probes: int = 1,
+    generator: torch.Generator | None = None,
+    create_graph: bool = False,
+    return_x0: bool = False,
+    atol: float | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Log-density (w.r.t. the Riemannian volume) of points ``x1`` on a manifold under the flow of ``f``.
+
+    .. math:: \log p_1(x_1) = \log p_0(x_0) - \int_0^1 \operatorname{div}_{\mathcal M} v_t(x_t)\, dt,
+        \qquad v_t = P_{x_t} f(x_t, t)
+
+    (Chen & Lipman, ICLR 2024, eq. 10; Mathieu & Nickel, NeurIPS 2020): the augmented ODE
+    :math:`\frac{d}{dt}[x, l] = [v, \operatorname{div}_{\mathcal M} v]` (:func:`riemannian_divergence`)
+    is integrated from :math:`(x_1, 0)` at t=1 back to t=0 by the ``solver`` wrapped in
+    :class:`~flowforge.core.solvers.Projected` on :math:`\mathcal M \times \mathbb R`, so :math:`x_t`
+    stays on the manifold. Hutchinson probes are drawn once from ``generator`` and held fixed.
+
+    Args:
+        f: field ``f(x, t)``; its tangent part is used.
+        x1: points on the manifold, ``(B, *event)`` (checked with ``manifold.check_point(x1, atol)``).
+        manifold: the manifold.
+        base_log_prob: ``log p_0`` ``(B, *event) -> (B,)``; default the uniform law
+            (:math:`-\log\mathrm{vol}\,\mathcal M`).
+        solver: an ODE solver (default ``RK4()``), wrapped in ``Projected`` here.
+        grid: decreasing grid from 1 to 0, or an int number of uniform steps (default 100; ``[1, 0]``
+            for an adaptive solver).
+        divergence: ``"exact"`` (one VJP per ambient coordinate), ``"hutchinson-gaussian"`` or
+            ``"hutchinson-rademacher"``.
+        n_probes: Hutchinson probes per sample.
+        generator: draws the probes (required for Hutchinson).
+        create_graph: keep the graph for gradients.
+        return_x0: also return the point reached at t=0.
+        atol: tolerance of the on-manifold check of ``x1`` (default 1e-4 in float32, 1e-8 in float64).
+
+    Returns:
+        ``(B,)`` log-densities (nats), or ``(log_p, x0)``.
+
+    Example:
+        >>> import torch, math
+        >>> from flowforge.core.manifolds import Sphere
+        >>> w = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+        >>> rot = lambda x, t: torch.linalg.cross(w.expand_as(x), x, dim=-1)  # a Killing field: div = 0
+        >>> x = Sphere(2).random_uniform(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> lp = riemannian_log_prob(rot, x, Sphere(2), grid=10)
+        >>> bool(torch.allclose(lp, torch.full((4,), -math.log(4 * math.pi), dtype=torch.float64)))
+        True
+    """
+    _check_method(divergence)
+    manifold.check_point(x1, atol, name="x1")
+    if isinstance(solver, (EulerMaruyama, Projected)):
+        raise ValueError(
+            "riemannian_log_prob wraps the solver in Projected itself; pass a plain ODE solver such as RK4()"
+        )
+    if create_graph and not torch.is_grad_enabled():
+        raise ValueError(
+            "create_graph=True needs gradient mode: call outside torch.no_grad(), or pass create_graph=False"
+        )
+    solver = RK4() if solver is None else solver
+    if grid is None:
+        grid = torch.tensor([1.0, 0.0], dtype=torch.float64) if getattr(solver, "adaptive", False) else 100
+    if isinstance(grid, int) and not isinstance(grid, bool):
+        grid = uniform_grid(grid, 1.0, 0.0)
+    if isinstance(grid, Tensor) and grid.dim() == 1 and grid.numel() >= 2 and not grid[0] > grid[-1]:
+        raise ValueError(
+            "riemannian_log_prob integrates from t=1 back to t=0; pass a decreasing grid such as "
+            f"uniform_grid(100, 1.0, 0.0) or an int number of steps, got {float(grid[0])} -> {float(grid[-1])}"
+        )
+    base = manifold.uniform_log_prob if base_log_prob is None else base_log_prob
+    b, event = x1.shape[0], tuple(x1.shape[1:])
+    d = math.prod(event)
+    probes = None
+    if divergence != "exact":
+        if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
+            raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
+        if generator is None:
+            raise ValueError(
+                f"divergence={divergence!r} draws random probes: pass generator=torch.Generator()"
+                ".manual_seed(0), or use divergence='exact'"
+            )
+        shape = (int(n_probes), *x1.shape)
+        if divergence == "hutchinson-gaussian":
+            probes = torch.randn(shape, generator=generator, dtype=x1.dtype, device=x1.device)
+        else:
+            probes = torch.randint(0, 2, shape, generator=generator, device=x1.device).to(x1.dtype) * 2 - 1
+
+    def augmented(z: Tensor, t: Tensor) -> Tensor:
+        x = z[:, :d].reshape(b, *event)
+        v, div = riemannian_divergence(f, x, t, manifold, divergence, probes, create_graph=create_graph)
+        return torch.cat([v.reshape(b, d), div.reshape(b, 1)], dim=1)
+
+    x_start = x1 if create_graph else x1.detach()
+    z1 = torch.cat([x_start.reshape(b, d), torch.zeros(b, 1, dtype=x1.dtype, device=x1.device)], dim=1)
+    z0 = solve(augmented, z1, Projected(solver, _WithLogDensity(manifold, event)), grid).x
+    x0 = z0[:, :d].reshape(b, *event)
+    lp0 = base(x0)
     if not isinstance(lp0, Tensor) or lp0.shape != (b,):
         shape = tuple(lp0.shape) if isinstance(lp0, Tensor) else type(lp0).__name__
         raise ValueError(f"base_log_prob returned shape {shape} for a batch of {b}; it must return (B,)")

@@ -4,7 +4,12 @@ Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` o
 lazily by the molecule functions.
 """
 
-from flowforge.data.aldp import AlanineDipeptide, AlanineDipeptideInternal, InternalCoordinates
+from flowforge.data.aldp import (
+    AlanineDipeptide,
+    AlanineDipeptideInternal,
+    InternalCoordinates,
+    aldp_dihedrals,
+)
 from flowforge.data.arrays import SUPPORTED_EXTENSIONS, Standardizer, check_finite, load_array
 from flowforge.data.energies import (
     GMM40,
@@ -39,6 +44,7 @@ from flowforge.data.tokens import (
     load_sequences,
 )
 from flowforge.data.toy2d import TOY2D_NAMES, toy2d
+from flowforge.data.vmf import VMFMixture, earth_like_vmf_mixture, vmf_log_prob, vmf_sample
 
 __all__ = [
     "GMM40",
@@ -50,6 +56,11 @@ __all__ = [
     "AlanineDipeptide",
     "AlanineDipeptideInternal",
     "InternalCoordinates",
+    "aldp_dihedrals",
+    "VMFMixture",
+    "earth_like_vmf_mixture",
+    "vmf_log_prob",
+    "vmf_sample",
     "SUPPORTED_EXTENSIONS",
     "TOY2D_NAMES",
     "ImageSet",

@@ -57,6 +57,7 @@ from flowforge.data.energies import Energy, default_cache_dir, remove_mean
 
 __all__ = [
     "AlanineDipeptide",
+    "aldp_dihedrals",
     "AlanineDipeptideInternal",
     "ALDP_FILES",
     "ALDP_FRAME",
@@ -136,6 +137,29 @@ def phi_psi(x: Tensor, phi_atoms: Sequence[int] = PHI_ATOMS, psi_atoms: Sequence
     (-83°, 75°), αR near (-70°, -40°), C7ax near (70°, -70°).
     """
     return torch.stack([dihedral(x, phi_atoms), dihedral(x, psi_atoms)], dim=-1)
+
+
+def aldp_dihedrals(
+    n: int,
+    *,
+    seed: int = 0,
+    path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    **md: Any,
+) -> Tensor:
+    """Backbone dihedrals ``(φ, ψ)`` of ``n`` MD frames as points of the flat torus, ``(n, 2)`` in ``[0, 2π)``.
+
+    The frames are :meth:`AlanineDipeptide.md_samples` ``(n, seed=seed, cache_dir=cache_dir, **md)``
+    (one cached 300 K Langevin trajectory per seed; about a minute for 50 k frames), their angles
+    :func:`phi_psi` wrapped from ``(-π, π]`` to ``[0, 2π)``. ``path`` is the directory of the Amber files
+    (default ``$FLOWFORGE_ALDP_DIR``). Needs OpenMM.
+    """
+    target = AlanineDipeptide(path)
+    x = target.md_samples(n, seed=seed, cache_dir=cache_dir, **md)
+    ang = torch.remainder(target.phi_psi(x.to(torch.float64)), 2 * math.pi)
+    ang = torch.where(ang >= 2 * math.pi, torch.zeros_like(ang), ang)
+    return ang.to(dtype)
 
 
 def remove_com(x: Tensor) -> Tensor:

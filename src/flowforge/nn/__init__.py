@@ -3,7 +3,7 @@ conditioner of the normalizing-flow layers; ``PolicyMLP`` the GFlowNet policy.""
 
 from flowforge.nn.classifier import SmallCNN
 from flowforge.nn.dit import DiT
-from flowforge.nn.embeddings import FourierTime
+from flowforge.nn.embeddings import FourierTime, PeriodicInput
 from flowforge.nn.flops import flops_per_eval
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
@@ -24,6 +24,7 @@ __all__ = [
     "MMDiTBlock",
     "MADE",
     "FourierTime",
+    "PeriodicInput",
     "CausalTransformer",
     "KVCache",
     "StaticKVCache",

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FourierTime"]
+__all__ = ["FourierTime", "PeriodicInput"]
 
 
 class FourierTime(nn.Module):
@@ -32,3 +32,28 @@ class FourierTime(nn.Module):
             return t
         arg = t * self.freqs.to(t.dtype)
         return torch.cat([t, torch.sin(arg), torch.cos(arg)], dim=1)
+
+
+class PeriodicInput(nn.Module):
+    r"""Feed a network angles through :math:`[\cos x, \sin x]`: ``net(x, t) = inner([cos x, sin x], t)``.
+
+    A field on the torus must be :math:`2\pi`-periodic in every angle; raw angles in
+    :math:`[0, 2\pi)` would put a seam at 0. ``inner`` sees ``(B, 2 D)`` features and returns
+    ``(B, D)``, e.g. ``MLP(2 * D, out_dim=D)``.
+
+    Example:
+        >>> import torch
+        >>> from flowforge.nn import MLP
+        >>> net = PeriodicInput(MLP(4, 16, 2, out_dim=2))
+        >>> x = torch.rand(3, 2)
+        >>> bool(torch.allclose(net(x, torch.zeros(3)), net(x + 2 * math.pi, torch.zeros(3)), atol=1e-5))
+        True
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+        """``x: (B, D)`` angles, ``t: (B,)`` -> ``(B, D)``."""
+        return self.inner(torch.cat([torch.cos(x), torch.sin(x)], dim=-1), t, **cond)

@@ -15,6 +15,7 @@ method                                             file                   order 
 :class:`RK4`                                       ``runge_kutta.py``     4      4
 :class:`Dopri5` (adaptive 5(4))                    ``dopri5.py``          5      6 (FSAL)
 :class:`PseudoCorrector` (FlowTurbo)               ``turbo.py``           2      1 (+1 once)
+:class:`Projected` (any of these on a manifold)    ``riemannian.py``      inner  inner
 :class:`EulerMaruyama`, ``constant_eps``,          ``sde.py``             0.5    1 or 2
 ``vanishing_eps``                                                         (weak 1)
 ``uniform_grid``, ``shifted_grid``, ``edm_grid``   ``grids.py``           --     --
@@ -40,6 +41,7 @@ Example:
 from flowforge.core.solvers.base import Solver, SolveResult, SolverState, VelocityField, solve
 from flowforge.core.solvers.dopri5 import Dopri5
 from flowforge.core.solvers.grids import edm_grid, shifted_grid, uniform_grid
+from flowforge.core.solvers.riemannian import Projected, projected_field
 from flowforge.core.solvers.runge_kutta import (
     RK4,
     SSPRK3,
@@ -63,6 +65,7 @@ __all__ = [
     "ExplicitRungeKutta",
     "Heun",
     "Midpoint",
+    "Projected",
     "PseudoCorrector",
     "Ralston",
     "SolveResult",
@@ -71,6 +74,7 @@ __all__ = [
     "VelocityField",
     "constant_eps",
     "edm_grid",
+    "projected_field",
     "shifted_grid",
     "solve",
     "uniform_grid",
