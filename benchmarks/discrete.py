@@ -158,6 +158,8 @@ def append_json(path: str, part: str, args: argparse.Namespace, rows: list[dict[
         "heads": args.heads,
         "batch": args.batch,
         "lr": args.lr,
+        "seed": args.seed,
+        "ema": getattr(args, "ema", 0.0),
     }
     with open(path, "a", encoding="utf-8") as f:
         for r in rows:
@@ -389,6 +391,16 @@ def meta(args: argparse.Namespace) -> None:
         return loss.item()
 
     sides = {"flowforge": ff_step, "meta": meta_step}
+    # --ema D: both sides keep an exponential moving average (updated outside the timed step) and sample
+    # from it, as the recipes do; read at the last iterate, two runs differ by their last few batches
+    nets = {"flowforge": net_ff, "meta": net_meta}
+    emas = {s: copy.deepcopy(nets[s]).requires_grad_(False) for s in sides} if args.ema > 0 else {}
+
+    def ema_update(side: str) -> None:
+        with torch.no_grad():
+            for e, q in zip(emas[side].parameters(), nets[side].parameters(), strict=True):
+                e.lerp_(q, 1.0 - args.ema)
+
     wall: dict[str, list[float]] = {s: [] for s in sides}
     cpu: dict[str, list[float]] = {s: [] for s in sides}
     losses: dict[str, list[float]] = {s: [] for s in sides}
@@ -405,6 +417,8 @@ def meta(args: argparse.Namespace) -> None:
                 losses[side].append(sides[side]())
                 cpu[side].append(time.thread_time() - c0)
                 wall[side].append(time.perf_counter() - w0)
+                if emas:
+                    ema_update(side)
         if (r + 1) % max(1, rounds // 5) == 0:
             done = sum(per_round[: r + 1])
             msg = ", ".join(f"{s} {1e3 * statistics.median(wall[s]):.1f} ms/step" for s in sides)
@@ -418,6 +432,8 @@ def meta(args: argparse.Namespace) -> None:
             p = torch.softmax(self.model(x, t).float(), dim=-1)
             return F.pad(p, (0, 1)) if masked else p
 
+    if emas:
+        net_ff, net_meta = emas["flowforge"], emas["meta"]
     net_ff.eval()
     net_meta.eval()
     k = args.sample_with
@@ -505,7 +521,7 @@ def meta(args: argparse.Namespace) -> None:
     table(
         rows,
         f"{name}: flowforge vs Meta flow_matching ({args.steps} steps a side in {rounds} interleaved rounds, "
-        f"batch {args.batch}, Adam lr {args.lr}, net width {config['width']} depth {config['depth']} "
+        f"batch {args.batch}, Adam lr {args.lr}, EMA {args.ema or 'none'}, net width {config['width']} depth {config['depth']} "
         f"({n_params} parameters), L = {length}, V = {v}; {args.n} samples with {k} Euler steps; "
         "last row: time ratios and the validity difference with its standard error)",
     )
@@ -545,6 +561,7 @@ def main() -> None:
         "--rounds", type=int, default=None, help="interleaved timing rounds (default 20; --smoke 4)"
     )
     g.add_argument("--sample-with", type=int, default=64, help="Euler steps when sampling")
+    g.add_argument("--ema", type=float, default=0.0, help="EMA decay for both sides, sampled from (0: none)")
     g.add_argument("--chunk", type=int, default=500, help="samples per sampling call")
     args = p.parse_args()
     args.steps = args.steps or (20 if args.smoke else 3000)
