@@ -78,7 +78,7 @@ def run_ebgfn(side, data, idx, seed, args):
     env = EnergyEnvironment(Ising(side=side), energy)
     pf, pb = shared_trunk_policies(env.obs_dim, env.n_actions, args.width, 2)
     gfn = TrajectoryBalance(env, pf, pb)
-    eb = EBGFN(gfn, back_ratio=0.5, negatives="mh")
+    eb = EBGFN(gfn, back_ratio=0.5, negatives="mh", mh_steps=args.mh_steps or None, mh_warmup=args.mh_warmup)
     opt = torch.optim.Adam(eb.parameters(), lr=args.lr)
     g = torch.Generator().manual_seed(seed)
     acc = 0.0
@@ -320,6 +320,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-scale", type=float, default=10.0)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--mh-steps", type=int, default=0, help="EB-GFN's K (0: D)")
+    ap.add_argument(
+        "--mh-warmup", type=int, default=0, help="iterations over which K rises from 1 (paper: lin_k)"
+    )
     ap.add_argument("--methods", default="ebgfn,gibbs,gwg,exact", help="also: gibbs-time")
     ap.add_argument("--no-exact", action="store_true")
     ap.add_argument("--no-lattice", action="store_true")
