@@ -1,4 +1,5 @@
-"""Datasets: 2-D toy distributions, images (MNIST, digits), energies, user arrays, token sequences, molecules.
+"""Datasets: 2-D toy distributions, images (MNIST, digits), energies, user arrays, token sequences, molecules,
+Ising-model samples (Gibbs / exact).
 
 Layer: ``data`` imports torch, numpy and ``flowforge.core`` / ``flowforge.nn`` only; RDKit is imported
 lazily by the molecule functions.
@@ -27,6 +28,7 @@ from flowforge.data.images import (
     load_mnist,
     quantize,
 )
+from flowforge.data.ising import all_configurations, ising_exact, ising_gibbs, ising_log_probs
 from flowforge.data.molecules import MOSES_SPLITS, canonical, moses, nci_5k, rdkit_available, require_rdkit
 from flowforge.data.png import read_png, save_image_grid
 from flowforge.data.semantic import BACKGROUND, SEG_CLASSES, semantic_agreement, semantic_map, stroke_cells
@@ -75,6 +77,10 @@ __all__ = [
     "read_png",
     "save_image_grid",
     "toy2d",
+    "all_configurations",
+    "ising_exact",
+    "ising_gibbs",
+    "ising_log_probs",
     "SEG_CLASSES",
     "BACKGROUND",
     "semantic_map",

@@ -20,6 +20,10 @@ name                                      file
 :class:`AmortizedConversion`              ``gflownet/outcome.py``
 :class:`OutcomeFineTuning`                ``gflownet/outcome.py``
 :class:`LocalSearch`                      ``gflownet/local_search.py``
+:class:`EBGFN`                            ``gflownet/energy_based.py``
+:class:`IsingEnergy`                      ``gflownet/energies.py``
+:class:`MLPEnergy`                        ``gflownet/energies.py``
+:class:`EnergyEnvironment`                ``gflownet/envs/energy_env.py``
 :class:`ReplayBuffer`                     ``gflownet/replay.py``
 :class:`PrioritizedReplayBuffer`          ``gflownet/replay.py``
 :func:`exact_metrics`                     ``gflownet/exact.py``
@@ -52,9 +56,18 @@ from flowforge.core.contracts import Environment
 from flowforge.gflownet.base import GFlowNet, GFlowNetGenerator
 from flowforge.gflownet.detailed_balance import DetailedBalance
 from flowforge.gflownet.edge_flow_matching import FlowMatching
+from flowforge.gflownet.energies import (
+    IsingEnergy,
+    MLPEnergy,
+    check_binary,
+    ising_coupling,
+    lattice_adjacency,
+)
+from flowforge.gflownet.energy_based import EBGFN, binary_states, coupling_rmse, kl_l1
 from flowforge.gflownet.envs import (
     OBJECTIVE_FUNCTIONS,
     BitSequence,
+    EnergyEnvironment,
     HyperGrid,
     Ising,
     MultiObjectiveHyperGrid,
@@ -98,6 +111,16 @@ from flowforge.gflownet.trajectory_balance import TrajectoryBalance
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
 
 __all__ = [
+    "EBGFN",
+    "EnergyEnvironment",
+    "IsingEnergy",
+    "MLPEnergy",
+    "binary_states",
+    "check_binary",
+    "coupling_rmse",
+    "ising_coupling",
+    "kl_l1",
+    "lattice_adjacency",
     "AmortizedConversion",
     "OutcomeConditionedGFlowNet",
     "OutcomeFineTuning",

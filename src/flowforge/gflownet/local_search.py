@@ -158,6 +158,8 @@ class LocalSearch:
         iterations: number of destroy/reconstruct/filter rounds (the paper's :math:`I`); each round
             starts from the states the previous one kept.
         filter: ``"deterministic"`` (accept if :math:`R(x') \ge R(x)`) or ``"mh"`` (Metropolis-Hastings).
+        back_steps: a fixed number of moves undone, :math:`K = \min(\text{back\_steps}, n)`, instead of
+            ``back_ratio`` (Zhang et al. 2022's :math:`K`-step back-and-forth proposal); ``None``: use the ratio.
 
     With ``GFlowNet(..., local_search=LocalSearch(...))`` the on-policy batch of :meth:`GFlowNet.loss`
     is refined and the objective is taken on the originals and the refined trajectories together.
@@ -166,6 +168,7 @@ class LocalSearch:
     back_ratio: float = 0.5
     iterations: int = 1
     filter: str = "deterministic"
+    back_steps: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.back_ratio <= 1.0:
@@ -174,6 +177,10 @@ class LocalSearch:
             raise ValueError(f"iterations must be an integer >= 1; got {self.iterations}")
         if self.filter not in FILTERS:
             raise unknown_choice("local search filter", self.filter, FILTERS)
+        if self.back_steps is not None and (int(self.back_steps) != self.back_steps or self.back_steps < 1):
+            raise ValueError(
+                f"back_steps must be an integer >= 1 (or None: use back_ratio); got {self.back_steps}"
+            )
 
     @torch.no_grad()
     def _round(
@@ -185,7 +192,10 @@ class LocalSearch:
         stop = env.n_actions - 1
         prev_s, prev_a = backward_rollout(env, model.backward_log_probs, x, generator)
         moves = ((prev_a >= 0) & (prev_a != stop)).sum(0)
-        K = torch.ceil(self.back_ratio * moves.double()).long()
+        if self.back_steps is None:
+            K = torch.ceil(self.back_ratio * moves.double()).long()
+        else:
+            K = moves.clamp(max=int(self.back_steps))
         j = moves - K
         B = x.shape[0]
         junction = prev_s[j, torch.arange(B, device=x.device)]
@@ -209,6 +219,23 @@ class LocalSearch:
         states = torch.where(accept[None, :, None], new_s, prev_s)
         actions = torch.where(accept[None], new_a, prev_a)
         return states, actions, accept
+
+    @torch.no_grad()
+    def step(
+        self, model: _Model, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One destroy/reconstruct/filter round on terminal states ``x`` ``(B, d)``: the kept terminal states
+        ``(B, d)`` and the ``(B,)`` bool acceptances (no trajectories are rebuilt for a loss).
+
+        With ``filter="mh"`` this is one step of a Markov chain that leaves :math:`R/Z` invariant
+        (under the same-junction condition of the module docstring), e.g. the negative-sample kernel of
+        EB-GFN (:class:`~flowforge.gflownet.EBGFN`).
+        """
+        p = next(iter(model.parameters()))
+        x = x.detach().to(p.device)
+        states, actions, acc = self._round(model, x, generator)
+        lengths = (actions >= 0).sum(0)
+        return states[lengths - 1, torch.arange(x.shape[0], device=x.device)], acc
 
     def refine(
         self,

@@ -9,6 +9,7 @@ environment                               file
 :class:`SetGeneration`                    ``envs/sets.py``
 :class:`Ising`                            ``envs/ising.py``
 :class:`MultiObjectiveHyperGrid`          ``envs/multiobjective.py``
+:class:`EnergyEnvironment`                ``envs/energy_env.py`` (wraps any env; reward from an energy)
 ========================================  ==========================
 
 Example:
@@ -19,6 +20,7 @@ Example:
 
 from flowforge.core.contracts import Environment
 from flowforge.gflownet.envs.bitseq import BitSequence, NonAutoregressiveBitSequence
+from flowforge.gflownet.envs.energy_env import EnergyEnvironment
 from flowforge.gflownet.envs.hypergrid import HyperGrid
 from flowforge.gflownet.envs.ising import Ising
 from flowforge.gflownet.envs.multiobjective import (
@@ -33,6 +35,7 @@ from flowforge.gflownet.envs.sets import SetGeneration, TopKTracker, fl_gfn_ener
 __all__ = [
     "OBJECTIVE_FUNCTIONS",
     "BitSequence",
+    "EnergyEnvironment",
     "Environment",
     "HyperGrid",
     "Ising",
