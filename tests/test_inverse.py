@@ -368,3 +368,30 @@ def test_restore_recipe_and_cli(digits_prior, tmp_path, capsys):
     ):
         assert main([*args, *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dta", [True, False])
+def test_flair_dta_correlates_each_noise_with_the_previous_x0_estimate(dta):
+    # v = 0, no regulariser or data steps: mu stays A^+ y, x0-hat = x, and DTA draws
+    # n_{j+1} = t_{j+1} x_j + sqrt(1 - t_{j+1}^2) xi: the regression slope of n_{j+1} on x_j is t_{j+1} (0 without)
+    seen = []
+
+    def field(x, t):
+        seen.append((float(t[0]), x.clone()))
+        return torch.zeros_like(x)
+
+    op = MatrixOperator(torch.eye(1, dtype=DT))
+    flair = FLAIR(field, op, sigma=0.1, steps=5, reg_lr=0.0, data_steps=0, dta=dta)
+    flair(torch.zeros(50_000, 1, dtype=DT), generator=_gen(0))  # mu = 0, so x_j = (1 - t_j) n_j
+    for (_, x_prev), (t, x) in zip(seen[:-1], seen[1:]):
+        n = x / (1 - t)
+        slope = float((n * x_prev).mean() / (x_prev * x_prev).mean())
+        assert abs(slope - (t if dta else 0.0)) < 0.02, (t, slope)
+
+
+def test_dps_normalised_rule_pulls_towards_the_measurement():
+    prior, a, y, sigma = _gmm2d()
+    op, ys = MatrixOperator(a), y.expand(2000, 1).contiguous()
+    free = DPS(prior.velocity, op, sigma=sigma, steps=50, zeta=0.0)(ys, generator=_gen(0))
+    guided = DPS(prior.velocity, op, sigma=sigma, steps=50, zeta=0.05)(ys, generator=_gen(0))
+    assert float((op(guided) - ys).abs().mean()) < 0.5 * float((op(free) - ys).abs().mean())
