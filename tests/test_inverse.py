@@ -326,6 +326,10 @@ def test_solvers_refuse_bad_inputs():
 
     with pytest.raises(ValueError, match="linear path"):
         FLAIR(FlowMatching(MLP(2, 8, 1), path=AffinePath(Cosine())), op, sigma=0.1)
+    fm = FlowMatching(MLP(64, 8, 1), event_shape=(1, 8, 8))
+    for solver in (DPS(fm, AvgPoolDownsample(4), sigma=0.1), FLAIR(fm, AvgPoolDownsample(4), sigma=0.1)):
+        with pytest.raises(ValueError, match=r"the prior makes \(1, 8, 8\)"):
+            solver(torch.zeros(2, 1, 8, 8))  # a full-size image given as the 4x-downsampled measurement
     with pytest.raises(ValueError, match="max_pull"):
         FLAIR(prior.velocity, op, sigma=0.1, max_pull=0.0)
 

@@ -14,7 +14,7 @@ from flowforge.core.paths import AffinePath
 from flowforge.core.schedules import Linear
 from flowforge.inverse.operators import LinearOperator
 
-__all__ = ["Field", "prior_field", "check_operator", "check_measurement", "source_noise"]
+__all__ = ["Field", "prior_field", "prior_event_shape", "check_operator", "check_measurement", "source_noise"]
 
 #: A velocity field ``v(x, t) -> (B, *event)`` on the linear path, ``x: (B, *event)``, ``t: (B,)``.
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -56,6 +56,14 @@ def prior_field(prior: Any, cond: dict[str, Tensor] | None = None) -> Field:
     return field
 
 
+def prior_event_shape(prior: Any, given: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
+    """The shape of one signal: ``given``, else the model's ``event_shape`` (None for a bare callable)."""
+    if given is not None:
+        return tuple(given)
+    shape = getattr(prior, "event_shape", None)
+    return None if shape is None else tuple(shape)
+
+
 def check_operator(operator: Any) -> LinearOperator:
     """Refuse anything that is not a :class:`~flowforge.inverse.operators.LinearOperator`."""
     if not isinstance(operator, LinearOperator):
@@ -78,15 +86,25 @@ def check_measurement(operator: LinearOperator, y: Tensor, x: Tensor) -> None:
 
 
 def source_noise(
-    operator: LinearOperator, y: Tensor, x0: Tensor | None, generator: torch.Generator | None
+    operator: LinearOperator,
+    y: Tensor,
+    x0: Tensor | None,
+    generator: torch.Generator | None,
+    event_shape: tuple[int, ...] | None = None,
 ) -> Tensor:
-    """The starting noise ``x0 ~ N(0, I)`` shaped like :math:`A^\top y`, ``(B, *event)`` (or the given ``x0``)."""
-    shape = operator.adjoint(y).shape
+    """The starting noise ``x0 ~ N(0, I)`` shaped like :math:`A^\\top y`, ``(B, *event)`` (or the given ``x0``).
+
+    With ``event_shape`` (the prior's signal shape) a measurement that belongs to other signals is refused.
+    """
+    shape = tuple(operator.adjoint(y).shape)
+    if event_shape is not None and shape[1:] != tuple(event_shape):
+        raise ValueError(
+            f"y of shape {tuple(y.shape)} is the measurement of signals {shape[1:]}, but the prior makes "
+            f"{tuple(event_shape)}; measure signals of the prior's shape (e.g. downsample the full-size image)"
+        )
     if x0 is not None:
-        if tuple(x0.shape) != tuple(shape):
-            raise ValueError(
-                f"x0 has shape {tuple(x0.shape)}; the signals of this measurement have {tuple(shape)}"
-            )
+        if tuple(x0.shape) != shape:
+            raise ValueError(f"x0 has shape {tuple(x0.shape)}; the signals of this measurement have {shape}")
         return x0
     gdev = generator.device if generator is not None else None
     return torch.randn(shape, generator=generator, dtype=y.dtype, device=gdev).to(y.device)

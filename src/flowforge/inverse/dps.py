@@ -28,7 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowforge.inverse.common import check_measurement, check_operator, prior_field, source_noise
+from flowforge.inverse.common import (
+    check_measurement,
+    check_operator,
+    prior_event_shape,
+    prior_field,
+    source_noise,
+)
 from flowforge.inverse.operators import LinearOperator, check_noise
 
 __all__ = ["DPS"]
@@ -47,6 +53,7 @@ class DPS:
         scale: guidance scale :math:`s` of the likelihood rule.
         t_min: no guidance before this time (likelihood rule).
         cond: conditions passed to the network (e.g. ``{"y": null_labels}``).
+        event_shape: the shape of one signal (default: the model's), to refuse measurements of other signals.
 
     Example:
         >>> import torch
@@ -71,8 +78,10 @@ class DPS:
         scale: float = 1.0,
         t_min: float = 0.05,
         cond: dict[str, Tensor] | None = None,
+        event_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.field = prior_field(prior, cond)
+        self.event_shape = prior_event_shape(prior, event_shape)
         self.operator = check_operator(operator)
         self.sigma = check_noise(sigma)
         if int(steps) != steps or steps < 1:
@@ -99,7 +108,7 @@ class DPS:
             x0: start from this noise ``(B, *event)`` instead.
         """
         op = self.operator
-        x = source_noise(op, y, x0, generator)
+        x = source_noise(op, y, x0, generator, self.event_shape)
         check_measurement(op, y, x)
         grid = torch.linspace(0.0, 1.0, self.steps + 1, dtype=torch.float64).tolist()
         dims = tuple(range(1, y.dim()))

@@ -39,7 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowforge.inverse.common import check_measurement, check_operator, prior_field, source_noise
+from flowforge.inverse.common import (
+    check_measurement,
+    check_operator,
+    prior_event_shape,
+    prior_field,
+    source_noise,
+)
 from flowforge.inverse.operators import LinearOperator, check_noise
 
 __all__ = ["FLAIR", "velocity_errors", "calibrated_weights"]
@@ -137,6 +143,8 @@ class FLAIR:
             :math:`N(0, I)` of ``latent_shape``.
         latent_shape: shape of one latent (a decoder without an encoder).
         cond: conditions passed to the network.
+        event_shape: the shape of one signal or latent (default: the model's), to refuse measurements of
+            other signals.
 
     Example:
         >>> import torch
@@ -170,8 +178,10 @@ class FLAIR:
         encoder: Callable[[Tensor], Tensor] | None = None,
         latent_shape: tuple[int, ...] | None = None,
         cond: dict[str, Tensor] | None = None,
+        event_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.field = prior_field(prior, cond)
+        self.event_shape = prior_event_shape(prior, event_shape)
         self.operator = check_operator(operator)
         self.sigma = check_noise(sigma)
         if int(steps) != steps or steps < 1:
@@ -243,7 +253,7 @@ class FLAIR:
             mu0: start from this :math:`\\mu` instead of :math:`E(A^+ y)`.
         """
         op = self.operator
-        x_like = source_noise(op, y, None, None) if self.decoder is None else None
+        x_like = source_noise(op, y, op.adjoint(y), None, self.event_shape) if self.decoder is None else None
         if x_like is not None:
             check_measurement(op, y, x_like)
         if mu0 is not None:

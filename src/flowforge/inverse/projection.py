@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowforge.inverse.common import check_measurement, check_operator, prior_field, source_noise
+from flowforge.inverse.common import (
+    check_measurement,
+    check_operator,
+    prior_event_shape,
+    prior_field,
+    source_noise,
+)
 from flowforge.inverse.operators import LinearOperator
 
 __all__ = ["Projection"]
@@ -37,6 +43,7 @@ class Projection:
         operator: the measurement operator :math:`A`; its ``pseudo_inverse`` is used.
         steps: Euler steps from t=0 to t=1.
         cond: conditions passed to the network (e.g. ``{"y": null_labels}``).
+        event_shape: the shape of one signal (default: the model's), to refuse measurements of other signals.
 
     Example:
         >>> import torch
@@ -49,9 +56,16 @@ class Projection:
     """
 
     def __init__(
-        self, prior: Any, operator: LinearOperator, *, steps: int = 100, cond: dict[str, Tensor] | None = None
+        self,
+        prior: Any,
+        operator: LinearOperator,
+        *,
+        steps: int = 100,
+        cond: dict[str, Tensor] | None = None,
+        event_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.field = prior_field(prior, cond)
+        self.event_shape = prior_event_shape(prior, event_shape)
         self.operator = check_operator(operator)
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1, got {steps}")
@@ -62,7 +76,7 @@ class Projection:
     ) -> Tensor:
         """One restoration per measurement: ``y: (B, *measured)`` -> ``(B, *event)``."""
         op = self.operator
-        x = source_noise(op, y, x0, generator)
+        x = source_noise(op, y, x0, generator, self.event_shape)
         check_measurement(op, y, x)
         a_x0 = op.forward(x)
         grid = torch.linspace(0.0, 1.0, self.steps + 1, dtype=torch.float64).tolist()
