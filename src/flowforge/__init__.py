@@ -30,6 +30,7 @@ _MODULES = {
     "discrete": "flowforge.discrete",
     "latent": "flowforge.latent",
     "distill": "flowforge.distill",
+    "inverse": "flowforge.inverse",
     "energies": "flowforge.data.energies",
     "mcmc": "flowforge.core.mcmc",
     "couplings": "flowforge.core.couplings",
