@@ -4,7 +4,6 @@ log-determinants, density, fitting, errors. The shared battery in tests/test_bij
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -190,7 +189,6 @@ def test_density_integrates_to_one_in_2d():
 
 
 def test_training_on_moons_lowers_the_nll():
-    t0 = time.perf_counter()
     train, test = toy2d("moons", 2000, seed=0), toy2d("moons", 1000, seed=1)
     sc = Standardizer.fit(train)
     xtr, xte = sc.forward(train), sc.forward(test)
@@ -222,7 +220,6 @@ def test_training_on_moons_lowers_the_nll():
     after = exact_nll()
     # a Gaussian fit of standardised data scores log(2 pi e) = 2.84
     assert after < before - 0.2 and after < 2.65, (before, after)  # 150 steps reach 2.56
-    assert time.perf_counter() - t0 < 20
 
 
 # ----------------------------------------------------------------------------------------- errors

@@ -482,7 +482,7 @@ def _inpaint(a: argparse.Namespace) -> int:
 def _restore(a: argparse.Namespace) -> int:
     import torch
 
-    from flowforge.recipes.inverse import restore
+    from flowforge.recipes import restore
 
     out = Path(a.out)
     if out.suffix not in (".npy", ".png"):
