@@ -4,7 +4,6 @@ log-determinants, density, fitting, errors. The shared battery in tests/test_bij
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch.autograd.functional import jacobian
