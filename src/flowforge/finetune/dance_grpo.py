@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -139,7 +140,7 @@ def gaussian_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         tensor([-0.9189])
     """
     s = _bcast(std, x_next)
-    lp = -((x_next - mean) ** 2) / (2 * s**2) - torch.log(s) - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    lp = -((x_next - mean) ** 2) / (2 * s**2) - torch.log(s) - 0.5 * math.log(2 * math.pi)
     return lp.flatten(1).mean(1)
 
 
