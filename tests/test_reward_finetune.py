@@ -397,3 +397,47 @@ def test_bad_settings_are_clear_errors():
         ACFlow(flow, HalfPlane((1.0, 0.0)), shaping="rank")
     with pytest.raises(ValueError, match="indices in 0..7"):
         ModePreference.eight_gaussians([9])
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    from flowforge.recipes import train_recipe
+
+    out = tmp_path_factory.mktemp("ft") / "eg"
+    train_recipe("eight-gaussians", overrides={"width": 16, "depth": 2, "warmup": 0}, out=out, steps=20,
+                 progress=False)  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("method", ["grpo", "orw", "acflow", "mle"])
+def test_cli_finetune_writes_a_run_folder(base_run, method, tmp_path, capsys):
+    from flowforge.cli.main import main
+    from flowforge.recipes import evaluate, read_config
+
+    out = tmp_path / method
+    sets = ["pairs=256", "pair_steps=4", "batch_size=32"] if method == "mle" else ["groups=2", "group_size=4"] if method == "grpo" else ["policy_batch=16"]  # fmt: skip
+    assert main(["finetune", str(base_run), "--method", method, "--steps", "3", "--out", str(out), "--quiet",
+                 "--set", *sets]) == 0  # fmt: skip
+    assert read_config(out)["recipe"] == f"eight-gaussians-{method}"
+    res = evaluate(out, n_samples=200)
+    assert "swd" in res and (method == "mle" or "reward" in res)
+
+
+def test_cli_finetune_bad_inputs(base_run, tmp_path, capsys):
+    from flowforge.cli.main import main
+
+    assert main(["finetune", str(base_run), "--method", "ppo"]) == 2
+    assert "unknown fine-tuning method 'ppo'" in capsys.readouterr().err
+    assert main(["finetune", str(base_run), "--method", "grpo", "--reward", "nope"]) == 2
+    assert "unknown reward 'nope'" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path / "none"), "--method", "grpo"]) == 2
+    assert "no run folder" in capsys.readouterr().err
+    bad = tmp_path / "rew.py"
+    bad.write_text("def r(x):\n    return x\n")
+    code = main(["finetune", str(base_run), "--method", "orw", "--reward", f"{bad}:r", "--steps", "1", "--quiet",
+                 "--out", str(tmp_path / "o"), "--set", "policy_batch=8"])  # fmt: skip
+    assert code == 2
+    assert "one value per sample" in capsys.readouterr().err
