@@ -78,6 +78,8 @@ def evaluate(flow: torch.nn.Module, ref_x: torch.Tensor, z: torch.Tensor, reward
     return {
         "reward": float(reward(x).mean()),
         "pref": float(w[PREFERRED].sum()),
+        "w0": float(w[PREFERRED[0]]),
+        "w1": float(w[PREFERRED[1]]),
         "kl_modes": kl,
         "swd_ref": sliced_wasserstein(x, ref_x, generator=torch.Generator().manual_seed(0)),
         "dist": dist,
@@ -124,14 +126,18 @@ def rl(args: argparse.Namespace, base: FlowMatching) -> None:
     floor = sliced_wasserstein(ref_x2, ref_x, generator=torch.Generator().manual_seed(0))
     print(f"noise floor: SWD(reference, reference fresh noise) = {floor:.4f}\n")
     budgets = [int(b) for b in args.budgets.split(",")]
-    print("| method | reward evals | reward | preferred share | KL(modes) | SWD to ref | dist-to-mode | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| method | lr | reward evals | reward | preferred share (mode 0 / 1) | KL(modes) | SWD to ref | dist-to-mode | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     methods = args.methods.split(";")
-    for method in methods:
+    for spec in methods:
+        method, _, lr_text = spec.partition("@")
+        lr = float(lr_text) if lr_text else args.lr
         flow = copy.deepcopy(base).train()
         ft = make(method, flow, reward, args.seed)
         params = [p for p in ft.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=args.lr)
+        opt = torch.optim.Adam(params, lr=lr)
         t0, done = time.time(), 0
         for budget in budgets:
             while ft.reward_evals < budget:
@@ -141,7 +147,7 @@ def rl(args: argparse.Namespace, base: FlowMatching) -> None:
                 opt.step()
                 done += 1
             e = evaluate(flow, ref_x, z, reward)
-            print(f"| {method} | {ft.reward_evals} | {e['reward']:.3f} | {e['pref']:.3f} | {e['kl_modes']:.3f} | "
+            print(f"| {method} | {lr:g} | {ft.reward_evals} | {e['reward']:.3f} | {e['pref']:.3f} ({e['w0']:.2f} / {e['w1']:.2f}) | {e['kl_modes']:.3f} | "
                   f"{e['swd_ref']:.4f} | {e['dist']:.3f} | {time.time() - t0:.0f} |", flush=True)  # fmt: skip
 
 
@@ -159,19 +165,24 @@ def mle(args: argparse.Namespace, base: FlowMatching) -> None:
     tests = {"clean": x0_test, "x0+0.3xi": x0_test + 0.3 * xi, "1.5 x0": 1.5 * x0_test}
     targets = {k: ode_pairs(base.velocity, v, steps=100) for k, v in tests.items()}
     fine = ode_pairs(base.velocity, x0_test, steps=200)
-    print(f"\n## Item 4: FM-MLE, end-point RMSE against the converged map (RK4 100 steps; pairs {time.time() - t0:.0f}s)")
+    print(
+        f"\n## Item 4: FM-MLE, end-point RMSE against the converged map (RK4 100 steps; pairs {time.time() - t0:.0f}s)"
+    )
     print(f"noise floor: RK4 100 vs 200 steps RMSE = {rmse(targets['clean'], fine):.2e}")
     data = toy2d("eight-gaussians", 4000, seed=99)
     print("\n| N | model | RMSE clean | RMSE x0+0.3xi | RMSE 1.5x0 | SWD to data | s |")
     print("|---|---|---|---|---|---|---|")
     for n in [int(s) for s in args.mle_steps.split(",")]:
         models = {"pre-trained": base}
-        for kind in ("FT", "ResFT"):
+        for kind in ("FT", "ResFT", "ResFT k_init 1"):
             torch.manual_seed(args.seed)
-            model = copy.deepcopy(base).train() if kind == "FT" else ContractiveResidual(base, gamma=0.9)
+            if kind == "FT":
+                model = copy.deepcopy(base).train()
+            else:
+                model = ContractiveResidual(base, gamma=0.9, k_init=1.0 if "k_init" in kind else 0.05)
             obj = FMMLE(model, steps=n)
             params = [p for p in obj.parameters() if p.requires_grad]
-            opt = torch.optim.Adam(params, lr=args.mle_lr)
+            opt = torch.optim.Adam(params, lr=args.mle_lr if kind == "FT" else args.res_lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.mle_iters)
             gi = torch.Generator().manual_seed(args.seed + n)
             t1 = time.time()
@@ -184,15 +195,22 @@ def mle(args: argparse.Namespace, base: FlowMatching) -> None:
             model.eval()
             models[kind] = model
             models[kind + "_s"] = time.time() - t1
-        for kind in ("pre-trained", "FT", "ResFT"):
+        for kind in ("pre-trained", "FT", "ResFT", "ResFT k_init 1"):
             m = models[kind]
             with torch.no_grad():
                 errs = [rmse(euler_map(m.velocity, tests[k], n), targets[k]) for k in tests]
-                swd = sliced_wasserstein(euler_map(m.velocity, x0_test, n), data, generator=torch.Generator().manual_seed(0))
+                swd = sliced_wasserstein(
+                    euler_map(m.velocity, x0_test, n), data, generator=torch.Generator().manual_seed(0)
+                )
             secs = models.get(kind + "_s", 0.0)
-            print(f"| {n} | {kind} | {errs[0]:.4f} | {errs[1]:.4f} | {errs[2]:.4f} | {swd:.4f} | {secs:.0f} |", flush=True)
+            print(
+                f"| {n} | {kind} | {errs[0]:.4f} | {errs[1]:.4f} | {errs[2]:.4f} | {swd:.4f} | {secs:.0f} |",
+                flush=True,
+            )
     swd_conv = sliced_wasserstein(targets["clean"], data, generator=torch.Generator().manual_seed(0))
-    swd_floor = sliced_wasserstein(toy2d("eight-gaussians", 4000, seed=5), data, generator=torch.Generator().manual_seed(0))
+    swd_floor = sliced_wasserstein(
+        toy2d("eight-gaussians", 4000, seed=5), data, generator=torch.Generator().manual_seed(0)
+    )
     print(f"\nSWD to data: converged map {swd_conv:.4f}; fresh data draw (noise floor) {swd_floor:.4f}")
 
 
@@ -205,19 +223,23 @@ def main() -> None:
     p.add_argument("--budgets", default="256,1024,4096,16384")
     p.add_argument(
         "--methods",
-        default="DanceGRPO;DanceGRPO + KL 0.05;REINFORCE (no group norm);ORW-CFM-W2;ORW-CFM-W2 (alpha 0.1, beta 2);"
-        "AC-Flow-style;AC-Flow-style (alpha 0.1, beta 2)",
+        default="DanceGRPO;DanceGRPO + KL 0.05;REINFORCE (no group norm);ORW-CFM-W2;ORW-CFM-W2@2e-3;"
+        "ORW-CFM-W2 (alpha 0.1, beta 2)@2e-3;AC-Flow-style;AC-Flow-style@2e-3;AC-Flow-style (alpha 0.1, beta 2)@2e-3",
+        help="';'-separated; METHOD@LR sets that method's learning rate",
     )
     p.add_argument("--n-eval", type=int, default=4000)
     p.add_argument("--pairs", type=int, default=20000)
     p.add_argument("--mle-steps", default="1,2,4")
     p.add_argument("--mle-iters", type=int, default=800)
     p.add_argument("--mle-lr", type=float, default=1e-3)
+    p.add_argument("--res-lr", type=float, default=1e-2)
     args = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
     base = pretrain(args.pretrain, args.seed)
-    print(f"pre-trained FM (MLP 128x3) on eight Gaussians for {args.pretrain} steps in {time.time() - t0:.0f}s")
+    print(
+        f"pre-trained FM (MLP 128x3) on eight Gaussians for {args.pretrain} steps in {time.time() - t0:.0f}s"
+    )
     if args.part in ("all", "rl"):
         rl(args, base)
     if args.part in ("all", "mle"):

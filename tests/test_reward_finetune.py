@@ -133,6 +133,18 @@ def test_sde_rollout_monte_carlo_marginals():
     assert ro.log_probs.shape == (100, 20_000)
 
 
+def test_rollout_decodes_x1_hat_of_the_last_step():
+    """The reward sees x1_hat = x + (1 - t) v at the last step (the official decode), not the noisy end state."""
+    v = _gauss_velocity(1.0, 0.5)
+    grid = shifted_grid(5, 3.0)
+    ro = sde_rollout(
+        v, torch.zeros(4, 1, dtype=torch.float64), grid, 0.9, generator=torch.Generator().manual_seed(1)
+    )
+    t = grid[-2].expand(4)
+    torch.testing.assert_close(ro.x1, ro.states[-2] + (1 - grid[-2]) * v(ro.states[-2], t))
+    assert (ro.x1 - ro.states[-1]).abs().max() > 1e-3
+
+
 # ------------------------------------------------------------------------------------------------ GRPO
 
 
@@ -313,18 +325,34 @@ def test_fm_mle_lowers_two_step_endpoint_error():
 
 
 def test_contractive_residual_jacobian_bound():
+    """sym(d r / d x) <= -k(t)(1 - gamma) I; tight when g is linear with Lipschitz constant exactly gamma."""
     base = _flow(7)
     res = ContractiveResidual(base, k_min=0.5, gamma=0.8).double()
     with torch.no_grad():
         res.a[2].bias.fill_(0.7)
-    res.eval()
+        # g(x, t) = gamma * (x + c) near 0: embed x in two ReLU units kept active by a large bias
+        m_in = torch.zeros(64, 3, dtype=torch.float64)
+        m_in[0, 0] = m_in[1, 1] = 1.0
+        m_out = torch.zeros(2, 64, dtype=torch.float64)
+        m_out[0, 0] = m_out[1, 1] = 1.0
+        mats = [m_in, torch.eye(64, dtype=torch.float64)]
+        for layer, mat in zip(res.g.layers, mats, strict=True):
+            layer.parametrizations.weight.original.copy_(mat)
+            layer.bias.fill_(10.0)
+        res.g.out.parametrizations.weight.original.copy_(m_out)
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     t = torch.rand(8, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    res.train()
+    with torch.no_grad():
+        for _ in range(30):  # converge the power iterations of the spectral norms
+            res.g(x, t)
+    res.eval()
     k = res.rate(t)
     for i in range(8):
         jac = torch.autograd.functional.jacobian(lambda z, i=i: res.residual(z[None], t[i : i + 1])[0], x[i])
         top = torch.linalg.eigvalsh(0.5 * (jac + jac.T)).max()
         assert top <= -k[i] * (1 - 0.8) + 1e-6
+        assert top >= -k[i] * (1 - 0.8) - 1e-3  # the bound is attained: the test can see a looser g
 
 
 # ------------------------------------------------------------------------------------------------ runs
