@@ -91,6 +91,12 @@ def make(method: str, flow: FlowMatching, reward, seed: int) -> torch.nn.Module:
     if method == "DanceGRPO":
         return DanceGRPO(flow, reward, groups=4, group_size=16, steps=10, eta=0.7, clip_eps=0.05,
                          inner_epochs=2, generator=g)  # fmt: skip
+    if method == "DanceGRPO (iid noise)":
+        return DanceGRPO(flow, reward, groups=4, group_size=16, steps=10, eta=0.7, clip_eps=0.05,
+                         inner_epochs=2, same_noise=False, generator=g)  # fmt: skip
+    if method == "DanceGRPO + KL 1":
+        return DanceGRPO(flow, reward, groups=4, group_size=16, steps=10, eta=0.7, clip_eps=0.05,
+                         inner_epochs=2, kl_coef=1.0, generator=g)  # fmt: skip
     if method == "DanceGRPO + KL 0.05":
         return DanceGRPO(flow, reward, groups=4, group_size=16, steps=10, eta=0.7, clip_eps=0.05,
                          inner_epochs=2, kl_coef=0.05, generator=g)  # fmt: skip
@@ -223,7 +229,7 @@ def main() -> None:
     p.add_argument("--budgets", default="256,1024,4096,16384")
     p.add_argument(
         "--methods",
-        default="DanceGRPO;DanceGRPO + KL 0.05;REINFORCE (no group norm);ORW-CFM-W2;ORW-CFM-W2@2e-3;"
+        default="DanceGRPO;DanceGRPO (iid noise);DanceGRPO + KL 0.05;DanceGRPO + KL 1;REINFORCE (no group norm);ORW-CFM-W2;ORW-CFM-W2@2e-3;"
         "ORW-CFM-W2 (alpha 0.1, beta 2)@2e-3;AC-Flow-style;AC-Flow-style@2e-3;AC-Flow-style (alpha 0.1, beta 2)@2e-3",
         help="';'-separated; METHOD@LR sets that method's learning rate",
     )
