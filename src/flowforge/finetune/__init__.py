@@ -1,16 +1,16 @@
 """Fine-tuning methods built on the families (one method a file).
 
-=========================================  ======================  ==========================================
-method                                     file                    what it does
-=========================================  ======================  ==========================================
-:class:`DiscretePPO` (InVirtuoGen)         ``discrete_ppo.py``     clipped PPO on a discrete flow's posterior
-:func:`sequence_log_prob`                  ``discrete_ppo.py``     the PPO log-probability surrogate
-:class:`DanceGRPO` (+ REINFORCE switch)     ``dance_grpo.py``       GRPO through a marginal-preserving SDE
-:class:`ORWCFM` (ORW-CFM-W2)                ``orw_cfm.py``          reward-weighted CFM + W2 to the reference
-:class:`ACFlow` (AC-Flow-style, derived)    ``ac_flow.py``          critic-weighted CFM, clipping, warm-up
-:class:`FMMLE`, :class:`ContractiveResidual` ``fm_mle.py``          reconstruction NLL through the N-step solver
-:class:`ModePreference`, :class:`HalfPlane`  ``rewards.py``         2-D rewards; :func:`total_reward` checks/sums
-=========================================  ======================  ==========================================
+============================================  ===================  ==============================================
+method                                        file                 what it does
+============================================  ===================  ==============================================
+:class:`DiscretePPO` (InVirtuoGen)            ``discrete_ppo.py``  clipped PPO on a discrete flow's posterior
+:func:`sequence_log_prob`                     ``discrete_ppo.py``  the PPO log-probability surrogate
+:class:`DanceGRPO` (+ REINFORCE switch)       ``dance_grpo.py``    GRPO through a marginal-preserving SDE
+:class:`ORWCFM` (ORW-CFM-W2)                  ``orw_cfm.py``       reward-weighted CFM + W2 to the reference
+:class:`ACFlow` (AC-Flow-style, derived)      ``ac_flow.py``       critic-weighted CFM, clipping, warm-up
+:class:`FMMLE`, :class:`ContractiveResidual`  ``fm_mle.py``        reconstruction NLL through the N-step solver
+:class:`ModePreference`, :class:`HalfPlane`   ``rewards.py``       2-D rewards; :func:`total_reward` checks, sums
+============================================  ===================  ==============================================
 
 Layer: ``finetune`` may import ``core``, ``nn`` and the families (here ``discrete``; the continuous
 fine-tuners need only a model with ``velocity(x, t, **cond)``).
