@@ -1,4 +1,4 @@
-"""``flowforge list | train | sample | eval``: parses, calls :mod:`flowforge.recipes`, prints; knows no family.
+"""``flowforge list | train | distill | finetune | sample | eval | ...``: parses, calls :mod:`flowforge.recipes`, prints; knows no family.
 
 Errors from bad input (unknown names, bad option values, options that do not apply to the run's recipe,
 wrong shapes, NaN data, missing or damaged files, a diverging run) are printed as one line,
@@ -128,6 +128,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed distillation (its teacher pairs, then training)",
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a 2-D flow-matching run toward a reward (grpo, orw, acflow) or by FM-MLE (mle)",
+    )
+    f.add_argument("run", help="the base run folder (moons, checkerboard, eight-gaussians)")
+    f.add_argument(
+        "--method",
+        required=True,
+        help="grpo (DanceGRPO; --set advantage=reinforce: REINFORCE), orw (ORW-CFM-W2), acflow (AC-Flow-style) "
+        "or mle (FM-MLE at --set deploy_steps=N)",
+    )
+    f.add_argument(
+        "--reward",
+        help="modes (default; --set modes=0-1), halfplane, or MODULE:FUNCTION, a callable (B, D) -> (B,)",
+    )
+    f.add_argument(
+        "--out", help="the fine-tuned run folder (default: RUN-METHOD, e.g. runs/eight-gaussians-grpo)"
+    )
+    f.add_argument("--steps", type=_count, help="gradient steps (default: the method's)")
+    f.add_argument("--seed", type=_seed, default=0)
+    f.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override method keys: --set kl_coef=0.05 eta=0.5 (grpo), alpha=1 beta=0.5 (orw)",
+    )
+    f.add_argument("--resume", action="store_true", help="continue a killed fine-tuning run")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run")
@@ -309,6 +340,31 @@ def _distill(a: argparse.Namespace) -> int:
         print(
             f"next: flowforge sample {run.out} --steps 1 --n 10000 --out samples.png; flowforge eval {run.out}"
         )
+    return 0
+
+
+def _finetune(a: argparse.Namespace) -> int:
+    from flowforge.recipes import finetune, finetune_recipe, parse_sets
+
+    t0 = time.time()
+    if a.out is not None and not a.out.strip():
+        raise ValueError(f"--out '' names no folder; write e.g. --out {a.run}-{a.method}")
+    name = finetune_recipe(a.run, a.method)
+    run = finetune(
+        a.run,
+        a.method,
+        reward=a.reward,
+        overrides=parse_sets(a.set),
+        out=a.out,
+        steps=a.steps,
+        seed=a.seed,
+        resume=a.resume,
+        progress=not a.quiet,
+    )
+    print(
+        f"fine-tuned {a.run} by {a.method} ({name}) for {run.step} steps in {time.time() - t0:.1f}s -> {run.out}"
+    )
+    print(f"next: flowforge sample {run.out} --n 10000 --out samples.png; flowforge eval {run.out}")
     return 0
 
 
@@ -525,6 +581,10 @@ def _restore(a: argparse.Namespace) -> int:
 
 
 def _interrupted(a: argparse.Namespace) -> str:
+    if a.command == "finetune":
+        return (
+            "interrupted; run the same flowforge finetune command with --resume to continue where it stopped"
+        )
     if a.command == "distill":
         return (
             "interrupted; run the same flowforge distill command with --resume to continue where it stopped"
@@ -557,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "distill":
             return _distill(args)
+        if args.command == "finetune":
+            return _finetune(args)
         if args.command == "sample":
             return _sample(args)
         if args.command == "inpaint":

@@ -12,6 +12,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 from flowforge.recipes.common import DataSpaceGenerator  # noqa: E402
 from flowforge.recipes.few_step import distill, distill_out, distill_recipe  # noqa: E402
+from flowforge.recipes.finetune import finetune, finetune_recipe  # noqa: E402
 from flowforge.recipes.flows2d import METRICS  # noqa: E402
 from flowforge.recipes.inverse import restore  # noqa: E402
 from flowforge.recipes.registry import (  # noqa: E402
@@ -44,6 +45,8 @@ __all__ = [
     "distill_recipe",
     "decode",
     "evaluate",
+    "finetune",
+    "finetune_recipe",
     "generator",
     "get_recipe",
     "inpaint",
