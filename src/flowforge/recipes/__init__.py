@@ -12,7 +12,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 from flowforge.recipes.common import DataSpaceGenerator  # noqa: E402
 from flowforge.recipes.few_step import distill, distill_out, distill_recipe  # noqa: E402
-from flowforge.recipes.finetune import finetune, finetune_recipe  # noqa: E402
+from flowforge.recipes.reward_finetune import finetune, finetune_recipe  # noqa: E402
 from flowforge.recipes.flows2d import METRICS  # noqa: E402
 from flowforge.recipes.inverse import restore  # noqa: E402
 from flowforge.recipes.registry import (  # noqa: E402

@@ -234,8 +234,8 @@ def _device(config: Mapping[str, Any]) -> torch.device:
 _PENDING: dict[int, tuple[dict[str, Any], Any]] = {}
 
 
-class _Hooks:
-    """The :class:`~flowforge.recipes.Recipe` hooks of ``<teacher>-<method>``."""
+class StudentHooks:
+    """The :class:`~flowforge.recipes.Recipe` hooks of a run trained from a base run: ``<teacher>-<method>`` (few-step students, reward fine-tuning)."""
 
     def __init__(self, teacher: str, method: FewStepMethod) -> None:
         self.teacher, self.method = teacher, method
@@ -340,7 +340,7 @@ def add_method(method: FewStepMethod) -> FewStepMethod:
         raise ValueError(f"distillation method {method.name!r} is added twice")
     METHODS[method.name] = method
     for teacher, kind in TEACHERS.items():
-        hooks = _Hooks(teacher, method)
+        hooks = StudentHooks(teacher, method)
         defaults = {"teacher_run": f"runs/{teacher}", **method.defaults(kind)}
         register(
             Recipe(

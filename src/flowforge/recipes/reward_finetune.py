@@ -39,7 +39,7 @@ from flowforge.data import Standardizer
 from flowforge.data.user_code import import_target
 from flowforge.finetune import FMMLE, ORWCFM, ACFlow, DanceGRPO, HalfPlane, ModePreference, ode_pairs
 from flowforge.finetune.rewards import Reward
-from flowforge.recipes.few_step import FewStepMethod, _Hooks
+from flowforge.recipes.few_step import FewStepMethod, StudentHooks
 from flowforge.recipes.registry import Recipe, register
 from flowforge.recipes.run_folder import load_run, run_recipe
 from flowforge.recipes.runs import train_recipe
@@ -267,7 +267,7 @@ FINETUNE_METHODS: dict[str, FewStepMethod] = {
 
 for _method in FINETUNE_METHODS.values():
     for _base in BASES:
-        _hooks = _Hooks(_base, _method)
+        _hooks = StudentHooks(_base, _method)
         register(
             Recipe(
                 name=f"{_base}-{_method.name}",
