@@ -12,7 +12,6 @@ for _module in pkgutil.iter_modules(__path__):
 
 from flowforge.recipes.common import DataSpaceGenerator  # noqa: E402
 from flowforge.recipes.few_step import distill, distill_out, distill_recipe  # noqa: E402
-from flowforge.recipes.reward_finetune import finetune, finetune_recipe  # noqa: E402
 from flowforge.recipes.flows2d import METRICS  # noqa: E402
 from flowforge.recipes.inverse import restore  # noqa: E402
 from flowforge.recipes.registry import (  # noqa: E402
@@ -23,6 +22,7 @@ from flowforge.recipes.registry import (  # noqa: E402
     register,
     resolve_config,
 )
+from flowforge.recipes.reward_finetune import finetune, finetune_recipe  # noqa: E402
 from flowforge.recipes.run_folder import read_config  # noqa: E402
 from flowforge.recipes.runs import (  # noqa: E402
     decode,
