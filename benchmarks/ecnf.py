@@ -23,8 +23,8 @@ import torch
 from flowforge.continuous import EquivariantFlowMatching
 from flowforge.core.equivariant_ot import EquivariantOT
 from flowforge.data.energies import DoubleWell4, LennardJones13
-from flowforge.normalizing.importance import importance_sample
 from flowforge.nn import EGNN
+from flowforge.normalizing.importance import importance_sample
 
 SYSTEMS = {
     "dw4": (DoubleWell4, 4, 2, 4.0, 50_000, 10_000, {"ess": 0.016, "logz": 31.45, "nll": 13.37}),
@@ -35,7 +35,10 @@ SYSTEMS = {
 def bootstrap_logz_se(log_w: torch.Tensor, reps: int = 200, seed: int = 0) -> float:
     g = torch.Generator().manual_seed(seed)
     n = len(log_w)
-    est = [float(torch.logsumexp(log_w[torch.randint(0, n, (n,), generator=g)], 0) - math.log(n)) for _ in range(reps)]
+    est = [
+        float(torch.logsumexp(log_w[torch.randint(0, n, (n,), generator=g)], 0) - math.log(n))
+        for _ in range(reps)
+    ]
     return float(torch.tensor(est).std())
 
 
@@ -73,7 +76,10 @@ def main() -> None:
     xb = model.source.project(x_train[:256])
     x0 = model.source.sample(256, generator=g)
     a0, _ = EquivariantOT(n, d)(x0, xb)
-    cost = {"independent": float((xb - x0).square().sum(1).mean()), "eq_ot": float((xb - a0).square().sum(1).mean())}
+    cost = {
+        "independent": float((xb - x0).square().sum(1).mean()),
+        "eq_ot": float((xb - a0).square().sum(1).mean()),
+    }
 
     t0 = time.perf_counter()
     losses = []
@@ -91,7 +97,10 @@ def main() -> None:
                 pe.lerp_(pm, 1 - decay)
         losses.append(float(loss.detach()))
         if (step + 1) % max(1, a.steps // 5) == 0:
-            print(f"step {step + 1} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} {time.perf_counter() - t0:.0f}s", flush=True)
+            print(
+                f"step {step + 1} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} {time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
     train_s = time.perf_counter() - t0
 
     ema.eval()
@@ -103,7 +112,9 @@ def main() -> None:
         def sample_and_log_prob(self, m, generator=None):
             return gen.sample_and_log_prob(m, generator=generator, **opts)
 
-    out = importance_sample(Proposal(), energy, a.n_is, generator=torch.Generator().manual_seed(1), batch_size=500)
+    out = importance_sample(
+        Proposal(), energy, a.n_is, generator=torch.Generator().manual_seed(1), batch_size=500
+    )
     is_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     pts = x_test[torch.randperm(n_test, generator=torch.Generator().manual_seed(0))[: a.n_nll]]

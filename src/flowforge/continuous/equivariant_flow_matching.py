@@ -77,7 +77,10 @@ class EquivariantFlowMatching(nn.Module):
         self.net = net
         self.source = MeanFreeNormal(n_particles, spatial_dim)
         self.n_particles, self.spatial_dim = self.source.n, self.source.d
-        if coupling is not None and (coupling.n_particles, coupling.spatial_dim) != (self.n_particles, self.spatial_dim):
+        if coupling is not None and (coupling.n_particles, coupling.spatial_dim) != (
+            self.n_particles,
+            self.spatial_dim,
+        ):
             raise ValueError(
                 f"the coupling is for ({coupling.n_particles}, {coupling.spatial_dim}) particles but the model "
                 f"for ({self.n_particles}, {self.spatial_dim}); build EquivariantOT(n_particles, spatial_dim)"

@@ -60,7 +60,9 @@ def kabsch(x: Tensor, y: Tensor, *, reflections: bool = False) -> Tensor:
         ``(B, d, d)`` matrices; the aligned ``x`` is ``x @ R.transpose(1, 2)``.
     """
     if x.shape != y.shape or x.dim() != 3:
-        raise ValueError(f"kabsch takes two (B, N, d) tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"kabsch takes two (B, N, d) tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
     h = x.transpose(1, 2) @ y
     u, _, vt = torch.linalg.svd(h)
     v = vt.transpose(1, 2)
@@ -86,28 +88,47 @@ def align_particles(
     *,
     iters: int = 2,
     reflections: bool = False,
+    restarts: int = 1,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """A permuted and rotated copy of ``x0`` closer to ``x1``, pair by pair; ``(B, N*d) -> (B, N*d)``.
 
     Alternates ``iters`` times: the optimal permutation of ``x0``'s particles (Hungarian), then the
     optimal rotation (:func:`kabsch`). Both inputs must be centre-of-mass free (rotations are about 0).
-    The squared distance to ``x1`` never increases.
+    The squared distance to ``x1`` never increases. The alternation is a local search: a copy rotated far
+    from ``x1`` can be matched wrongly; ``restarts > 1`` also starts from ``restarts - 1`` random
+    rotations of ``x0`` (drawn from ``generator``) and keeps each pair's best.
     """
     n, d = int(n_particles), int(spatial_dim)
     _check_pairs(x0, x1, n, d)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     lsa = _hungarian()
     b = x0.shape[0]
-    p0, p1 = x0.reshape(b, n, d), x1.reshape(b, n, d)
+    p1 = x1.reshape(b, n, d)
     rows = torch.arange(b)[:, None]
-    for _ in range(int(iters)):
-        cost = torch.cdist(p1.double(), p0.double()).square().cpu().numpy()  # (B, N, N): [a, b] = |x1_a - x0_b|^2
-        perm = np.stack([lsa(c)[1] for c in cost])
-        p0 = p0[rows, torch.from_numpy(perm).to(p0.device)]
-        r = kabsch(p0, p1, reflections=reflections)
-        p0 = p0 @ r.transpose(1, 2)
-    return p0.reshape(b, n * d)
+    best, best_cost = None, None
+    for k in range(int(restarts)):
+        p0 = x0.reshape(b, n, d)
+        if k > 0:
+            q, _ = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
+            p0 = p0 @ q.to(p0).T
+        for _ in range(int(iters)):
+            cost = torch.cdist(p1.double(), p0.double()).square().cpu().numpy()  # [a, b] = |x1_a - x0_b|^2
+            perm = np.stack([lsa(c)[1] for c in cost])
+            p0 = p0[rows, torch.from_numpy(perm).to(p0.device)]
+            r = kabsch(p0, p1, reflections=reflections)
+            p0 = p0 @ r.transpose(1, 2)
+        c = (p0 - p1).square().sum((1, 2))
+        if best is None:
+            best, best_cost = p0, c
+        else:
+            better = c < best_cost
+            best = torch.where(better[:, None, None], p0, best)
+            best_cost = torch.where(better, c, best_cost)
+    return best.reshape(b, n * d)
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,10 @@ __all__ = ["EGNN"]
 class _Layer(nn.Module):
     """One EGNN layer: messages, a normalised coordinate update, a residual node update."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, coord_range: float | None) -> None:
         super().__init__()
         w = width
+        self.coord_range = coord_range
         # phi_e's first linear map on [h_i, h_j, d2, d0] is split as A h_i + B h_j + c d2 + e d0: the node
         # parts cost O(N w^2) instead of O(N^2 w^2)
         self.edge_i = nn.Linear(w, w)
@@ -70,14 +71,17 @@ class _Layer(nn.Module):
         d2 = r.square().sum(-1, keepdim=True)
         pre = self.edge_i(h)[:, :, None] + self.edge_j(h)[:, None, :] + self.edge_d(torch.cat([d2, d0], -1))
         m = self.edge(pre) * off  # (B, N, N, w), no self-edges
-        coef = self.coord(m) * off / (torch.sqrt(d2 + 1e-8) + 1.0)
+        coef = self.coord(m)
+        if self.coord_range is not None:  # bounded coordinate weights (EDM's tanh, Hoogeboom et al. 2022)
+            coef = self.coord_range * torch.tanh(coef / self.coord_range)
+        coef = coef * off / (torch.sqrt(d2 + 1e-8) + 1.0)
         x = x + (r * coef).sum(2) / (x.shape[1] - 1)
         h = h + self.node(torch.cat([h, m.sum(2)], dim=-1))
         return h, x
 
 
 class EGNN(nn.Module):
-    """E(n)-equivariant velocity ``net(x, t) -> shape of x`` for ``N`` identical particles in ``d`` dimensions.
+    r"""E(n)-equivariant velocity ``net(x, t) -> shape of x`` for ``N`` identical particles in ``d`` dimensions.
 
     Args:
         n_particles: ``N`` (at least 2).
@@ -87,6 +91,10 @@ class EGNN(nn.Module):
         n_freq: Fourier features of ``t`` (``0``: ``t`` alone).
         scale: length scale; positions are divided by it inside the network and the velocity is
             multiplied by it (e.g. the pair distance of the system: 4 for DW-4, 1 for LJ-13).
+        coord_range: bound the coordinate weights :math:`\phi_x(m_{ij})` smoothly to
+            :math:`(-c, c)` by :math:`c \tanh(\phi_x / c)` (``None``: unbounded, as in eq. 4). Unbounded
+            weights grow with distances, so a random or poorly trained field can blow up in finite time
+            far from the data (NaN samples); a bound keeps every layer's update below ``c * scale``.
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class EGNN(nn.Module):
         depth: int = 4,
         n_freq: int = 4,
         scale: float = 1.0,
+        coord_range: float | None = None,
     ) -> None:
         super().__init__()
         if int(n_particles) < 2 or int(spatial_dim) < 1:
@@ -111,7 +120,9 @@ class EGNN(nn.Module):
         self.scale = float(scale)
         self.time = FourierTime(n_freq, max_freq=8.0)
         self.embed = nn.Sequential(nn.Linear(self.time.out_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.layers = nn.ModuleList(_Layer(width) for _ in range(depth))
+        if coord_range is not None and not coord_range > 0:
+            raise ValueError(f"coord_range must be > 0 or None, got {coord_range}")
+        self.layers = nn.ModuleList(_Layer(width, coord_range) for _ in range(depth))
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The mean-free equivariant velocity, shaped like ``x``: ``(B, N*d)`` or ``(B, N, d)``; ``t: (B,)``."""
@@ -143,4 +154,3 @@ class EGNN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_particles={self.n_particles}, spatial_dim={self.spatial_dim}, scale={self.scale}"
-
