@@ -57,6 +57,13 @@ def main() -> None:
     p.add_argument("--n-nll", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
+    p.add_argument("--save", default="", help="write the EMA weights here (safetensors)")
+    p.add_argument(
+        "--check-n",
+        type=int,
+        default=0,
+        help="also IS with rk4 at 2x steps on this many proposals (ODE error)",
+    )
     a = p.parse_args()
     torch.set_num_threads(1)
     cls, n, d, scale, n_train, n_test, nsf = SYSTEMS[a.system]
@@ -143,6 +150,25 @@ def main() -> None:
         "sampler": opts,
         "nsf_quoted_BENCHMARKS_9": nsf,
     }
+    if a.check_n:
+        t3 = time.perf_counter()
+        fine = {"solver": "rk4", "steps": 2 * a.is_steps}
+        for label, o in (("coarse", opts), ("fine", fine)):
+            opts_ = o
+
+            class P:
+                def sample_and_log_prob(self, m, generator=None, o=opts_):
+                    return gen.sample_and_log_prob(m, generator=generator, **o)
+
+            r = importance_sample(
+                P(), energy, a.check_n, generator=torch.Generator().manual_seed(3), batch_size=500
+            )
+            res[f"check_{label}"] = {"sampler": o, "n": a.check_n, "ess": r.ess, "logz": r.log_z}
+        res["check_s"] = round(time.perf_counter() - t3, 1)
+    if a.save:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, a.save)
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:
