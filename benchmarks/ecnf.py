@@ -6,8 +6,14 @@ weights ``log w = -E(x) - log q(x)`` against the ``com="gaussian"`` energies, so
 the ``dw4-bg`` / ``lj13-bg`` rows of BENCHMARKS.md section 9 (non-equivariant NSF, quoted, not rerun).
 One thread, seeded. The standard error of log Z is a bootstrap over the weights (200 resamples).
 
-    FLOWFORGE_CACHE=benchmarks/.cache python benchmarks/ecnf.py --system dw4
-    FLOWFORGE_CACHE=benchmarks/.cache python benchmarks/ecnf.py --system lj13 --steps 600 --n-is 1000
+    FLOWFORGE_CACHE=benchmarks/.cache python benchmarks/ecnf.py --system dw4 --steps 3000 --n-is 20000 \
+        --is-steps 20 --n-nll 1000                                   # equivariant-OT pairs (--ot 1, default)
+    FLOWFORGE_CACHE=benchmarks/.cache python benchmarks/ecnf.py --system dw4 --ot 0 --steps 3000 \
+        --n-is 5000 --is-steps 20 --n-nll 1000 --check-n 2000         # independent pairs + ODE-error check
+    FLOWFORGE_CACHE=benchmarks/.cache python benchmarks/ecnf.py --system lj13 --steps 1500 --batch 128 \
+        --n-is 1000 --is-steps 10 --n-nll 200 [--ot 0]               # reduced budget (exact divergence: 39 VJPs)
+
+Results: ``benchmarks/RESULTS-ecnf.md``.
 """
 
 from __future__ import annotations
