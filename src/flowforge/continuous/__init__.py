@@ -1,5 +1,6 @@
 """Continuous flows: flow matching, rectified flow, stochastic interpolants, PFGM++, blockwise FM,
-Riemannian flow matching."""
+Riemannian flow matching,
+equivariant flow matching for particle systems."""
 
 from flowforge.continuous.blockwise import (
     BlockwiseFlowMatching,
@@ -8,6 +9,7 @@ from flowforge.continuous.blockwise import (
     SamplingCost,
     SegmentTimes,
 )
+from flowforge.continuous.equivariant_flow_matching import EquivariantFlowGenerator, EquivariantFlowMatching
 from flowforge.continuous.flow_matching import FlowMatching
 from flowforge.continuous.generator import SOLVERS, FlowGenerator, make_solver
 from flowforge.continuous.meanflow import MeanFlow, MeanFlowGenerator, MeanFlowTimes
@@ -22,6 +24,8 @@ from flowforge.continuous.twinflow import TwinFlow, TwinFlowGenerator
 
 __all__ = [
     "FlowMatching",
+    "EquivariantFlowMatching",
+    "EquivariantFlowGenerator",
     "FlowGenerator",
     "SOLVERS",
     "make_solver",

@@ -3,6 +3,7 @@ conditioner of the normalizing-flow layers; ``PolicyMLP`` the GFlowNet policy.""
 
 from flowforge.nn.classifier import SmallCNN
 from flowforge.nn.dit import DiT
+from flowforge.nn.egnn import EGNN
 from flowforge.nn.embeddings import FourierTime, PeriodicInput
 from flowforge.nn.flops import flops_per_eval
 from flowforge.nn.made import MADE
@@ -18,6 +19,7 @@ from flowforge.nn.unet import UNet
 __all__ = [
     "MLP",
     "ParticleNet",
+    "EGNN",
     "UNet",
     "DiT",
     "MMDiT",
