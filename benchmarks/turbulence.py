@@ -38,7 +38,9 @@ def metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
 
 def fit(model, data, steps, lr, seed):
     t = time.time()
-    run = train(model, data, steps=steps, batch_size=16, lr=lr, seed=seed, progress=False, threads=1, ema_decay=0.995)
+    run = train(
+        model, data, steps=steps, batch_size=16, lr=lr, seed=seed, progress=False, threads=1, ema_decay=0.995
+    )
     print(f"  trained {type(model).__name__} in {time.time() - t:.0f}s", flush=True)
     return run.load_into(copy.deepcopy(model), ema=True).eval()
 
@@ -56,8 +58,12 @@ def main() -> None:
     flows, snaps, test_flows = (16, 80, 8) if not a.quick else (2, 8, 2)
     t0 = time.time()
     tr = T.simulate_snapshots(flows, nu=nu, snapshots=snaps, every=0.5, burn_in=30.0, seed=0, **sim).float()
-    te_seq = T.simulate_snapshots(test_flows, nu=nu, snapshots=17, every=0.5, burn_in=30.0, seed=1, **sim).float()
-    te_re = T.simulate_snapshots(test_flows, nu=5e-3, snapshots=9, every=1.0, burn_in=30.0, seed=2, **sim).float()
+    te_seq = T.simulate_snapshots(
+        test_flows, nu=nu, snapshots=17, every=0.5, burn_in=30.0, seed=1, **sim
+    ).float()
+    te_re = T.simulate_snapshots(
+        test_flows, nu=5e-3, snapshots=9, every=1.0, burn_in=30.0, seed=2, **sim
+    ).float()
     print(f"simulated in {time.time() - t0:.0f}s; train {tuple(tr.shape)}", flush=True)
     scale = float(tr.std())
     x_train = tr.reshape(-1, 1, n, n)
@@ -65,7 +71,16 @@ def main() -> None:
     test_re = te_re.reshape(-1, 1, n, n)
     # another snapshot of the same flow statistics: the next flow's field at the same index
     other = torch.roll(te_seq[:, ::2], 1, dims=0).reshape(-1, 1, n, n)
-    res: dict = {"config": {"n": n, "nu": nu, "steps": a.steps, "train_fields": len(x_train), "test_fields": len(test), "scale": scale}}
+    res: dict = {
+        "config": {
+            "n": n,
+            "nu": nu,
+            "steps": a.steps,
+            "train_fields": len(x_train),
+            "test_fields": len(test),
+            "scale": scale,
+        }
+    }
     pool_scores, pool_err, pool_dec = {}, {}, {}
     g = torch.Generator().manual_seed(123)
     for f in (4, 8):
@@ -74,7 +89,9 @@ def main() -> None:
         r_scale = float((x_train / scale - T.spectral_upsample(T.downsample(x_train / scale, f), f)).std())
         torch.manual_seed(f)
         gan = fit(T.SRGAN(f, scale=scale, adv_weight=0.01), x_train, a.steps, 1e-3, f)
-        fm = fit(T.FlowSuperResolver(f, n, scale=scale, residual_scale=r_scale), x_train, a.steps, 2e-3, 10 + f)
+        fm = fit(
+            T.FlowSuperResolver(f, n, scale=scale, residual_scale=r_scale), x_train, a.steps, 2e-3, 10 + f
+        )
         rows: dict = {}
         for name, tt in (("test", test), ("test_re", test_re)):
             low = T.downsample(tt, f)
@@ -101,7 +118,9 @@ def main() -> None:
                 rows["critic"] = {
                     "spearman_pooled": float(T.spearman(s_all, e_all)),
                     "spearman_within_srgan": float(T.spearman(scores["srgan"], errs["srgan"])),
-                    "spearman_within_flow": float(T.spearman(scores["flow (1 draw, 8 heun)"], errs["flow (1 draw, 8 heun)"])),
+                    "spearman_within_flow": float(
+                        T.spearman(scores["flow (1 draw, 8 heun)"], errs["flow (1 draw, 8 heun)"])
+                    ),
                     "mean_score": {k: float(v.mean()) for k, v in scores.items()},
                     "score_truth": float(gan.score(tt).mean()),
                 }
@@ -110,8 +129,16 @@ def main() -> None:
         # temporal interpolation (stored at this compression): middle of (t, t+0.5, t+1)
         if f == 4:
             trip = torch.stack([tr[:, i : i + 3] for i in range(0, snaps - 2)], 1).reshape(-1, 3, n, n)
-            base = (trip[:, 1:2] / scale - T.spectral_upsample(T.downsample(trip[:, [0, 2]] / scale, f), f).mean(1, keepdim=True))
-            fi = fit(T.FlowSuperResolver(f, n, frames=3, scale=scale, residual_scale=float(base.std())), trip, a.steps, 2e-3, 99)
+            base = trip[:, 1:2] / scale - T.spectral_upsample(
+                T.downsample(trip[:, [0, 2]] / scale, f), f
+            ).mean(1, keepdim=True)
+            fi = fit(
+                T.FlowSuperResolver(f, n, frames=3, scale=scale, residual_scale=float(base.std())),
+                trip,
+                a.steps,
+                2e-3,
+                99,
+            )
             tt3 = torch.stack([te_seq[:, i : i + 3] for i in range(0, 15, 2)], 1).reshape(-1, 3, n, n)
             mid = tt3[:, 1:2]
             ends_low = T.downsample(tt3[:, [0, 2]], f)
@@ -119,9 +146,12 @@ def main() -> None:
             interp = {
                 "linear in time, full-res ends (control)": tt3[:, [0, 2]].mean(1, keepdim=True),
                 "linear in time, spectral-decoded ends": up.mean(1, keepdim=True),
-                "linear in time, srgan-decoded ends": 0.5 * (gan.decode(ends_low[:, :1]) + gan.decode(ends_low[:, 1:])),
+                "linear in time, srgan-decoded ends": 0.5
+                * (gan.decode(ends_low[:, :1]) + gan.decode(ends_low[:, 1:])),
                 "flow conditioned on both stored ends": fi.decode(ends_low, steps=8, generator=g),
-                "flow SR of the stored middle (reference)": fm.decode(T.downsample(mid, f), steps=8, generator=g),
+                "flow SR of the stored middle (reference)": fm.decode(
+                    T.downsample(mid, f), steps=8, generator=g
+                ),
             }
             res["interp_cr16"] = {k: metrics(v, mid) for k, v in interp.items()}
     Path(a.out).write_text(json.dumps(res, indent=1))
@@ -130,20 +160,32 @@ def main() -> None:
     for cr in (16, 64):
         for name in ("test", "test_re"):
             rows = res[f"cr{cr}"][name]
-            print(f"\n**compression {cr}, {'held-out flows nu=2e-3' if name == 'test' else 'other Reynolds number nu=5e-3 (decoders trained at 2e-3)'}**\n")
-            print("| decoder | rel L2 | spectrum rel. err (mean k=1..21) | " + " | ".join(f"k={k}" for k in SHELLS) + " | grad-PDF W1 |")
+            print(
+                f"\n**compression {cr}, {'held-out flows nu=2e-3' if name == 'test' else 'other Reynolds number nu=5e-3 (decoders trained at 2e-3)'}**\n"
+            )
+            print(
+                "| decoder | rel L2 | spectrum rel. err (mean k=1..21) | "
+                + " | ".join(f"k={k}" for k in SHELLS)
+                + " | grad-PDF W1 |"
+            )
             print("|---|---|---|" + "---|" * len(SHELLS) + "---|")
             for k, v in rows.items():
-                print(f"| {k} | {v['rel_l2']:.3f} | {v['spec_err_mean']:.3f} | " + " | ".join(f"{v['spec_err_shells'][s]:.2f}" for s in SHELLS) + f" | {v['grad_pdf_w1']:.3f} |")
+                print(
+                    f"| {k} | {v['rel_l2']:.3f} | {v['spec_err_mean']:.3f} | "
+                    + " | ".join(f"{v['spec_err_shells'][s]:.2f}" for s in SHELLS)
+                    + f" | {v['grad_pdf_w1']:.3f} |"
+                )
             dec_only = {k: v for k, v in rows.items() if not k.startswith("control")}
             for m in ("rel_l2", "spec_err_mean", "grad_pdf_w1"):
                 best = min(dec_only, key=lambda k: dec_only[k][m])
                 print(f"\nbest {m}: {best} ({dec_only[best][m]:.3f})", end="")
             print()
         c = res[f"cr{cr}"]["critic"]
-        print(f"\ncritic (SR-GAN discriminator) at compression {cr}: Spearman(score, rel L2) pooled over decoders "
-              f"{c['spearman_pooled']:.3f}; within SR-GAN outputs {c['spearman_within_srgan']:.3f}; within flow outputs "
-              f"{c['spearman_within_flow']:.3f}; mean score by decoder {json.dumps({k: round(v, 2) for k, v in c['mean_score'].items()})}; truth {c['score_truth']:.2f}")
+        print(
+            f"\ncritic (SR-GAN discriminator) at compression {cr}: Spearman(score, rel L2) pooled over decoders "
+            f"{c['spearman_pooled']:.3f}; within SR-GAN outputs {c['spearman_within_srgan']:.3f}; within flow outputs "
+            f"{c['spearman_within_flow']:.3f}; mean score by decoder {json.dumps({k: round(v, 2) for k, v in c['mean_score'].items()})}; truth {c['score_truth']:.2f}"
+        )
     print("\n**temporal interpolation, compression 16: middle snapshot from ends 1.0 time unit apart**\n")
     print("| method | rel L2 | spectrum rel. err | grad-PDF W1 |\n|---|---|---|---|")
     for k, v in res["interp_cr16"].items():

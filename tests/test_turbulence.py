@@ -143,7 +143,9 @@ def test_srgan_generator_term_does_not_train_the_critic():
         gan = T.SRGAN(4, channels=8, blocks=1, head=4, adv_weight=weight)
         gan.gen.out.weight.data.normal_(0, 0.1)  # a generator that is not the identity on the upsampling
         gan.loss(x).backward()
-        return [p.grad.clone() for p in gan.critic.parameters()], [p.grad.clone() for p in gan.gen.parameters()]
+        return [p.grad.clone() for p in gan.critic.parameters()], [
+            p.grad.clone() for p in gan.gen.parameters()
+        ]
 
     c0, g0 = grads(0.0)
     c1, g1 = grads(1.0)
@@ -194,14 +196,35 @@ def test_bad_inputs_say_what_to_write():
 def test_turbulence_recipe_trains_and_evaluates(tmp_path):
     from flowforge.recipes import evaluate, get_recipe, sample, train_recipe
 
-    over = {"n": 32, "flows": 2, "snapshots": 4, "burn_in": 1.0, "eval_flows": 1, "eval_snapshots": 4, "channels": 8, "patch": 2}
+    over = {
+        "n": 32,
+        "flows": 2,
+        "snapshots": 4,
+        "burn_in": 1.0,
+        "eval_flows": 1,
+        "eval_snapshots": 4,
+        "channels": 8,
+        "patch": 2,
+    }
     train_recipe("turbulence-sr", overrides=over, out=tmp_path / "fm", steps=3, progress=False)
     res = evaluate(tmp_path / "fm")
     assert set(get_recipe("turbulence-sr").metrics) <= set(res)
     assert res["compression"] == 16 and res["critic_spearman"] is None and res["rel_l2"] > 0
     assert sample(tmp_path / "fm", 2, steps=2).shape == (2, 1, 32, 32)
-    train_recipe("turbulence-sr", overrides={**over, "decoder": "gan", "factor": 8}, out=tmp_path / "gan", steps=3, progress=False)
+    train_recipe(
+        "turbulence-sr",
+        overrides={**over, "decoder": "gan", "factor": 8},
+        out=tmp_path / "gan",
+        steps=3,
+        progress=False,
+    )
     res = evaluate(tmp_path / "gan", metrics=["rel_l2", "critic_spearman", "compression"])
     assert res["compression"] == 64 and -1 <= res["critic_spearman"] <= 1
     with pytest.raises(ValueError, match="decoder=flow"):
-        train_recipe("turbulence-sr", overrides={**over, "decoder": "gan", "frames": 3}, out=tmp_path / "x", steps=1, progress=False)
+        train_recipe(
+            "turbulence-sr",
+            overrides={**over, "decoder": "gan", "frames": 3},
+            out=tmp_path / "x",
+            steps=1,
+            progress=False,
+        )

@@ -53,7 +53,13 @@ from flowforge.apps.turbulence import (
 )
 from flowforge.recipes.registry import Recipe, register
 
-__all__ = ["TURBULENCE_METRICS", "TurbulenceDecoder", "turbulence_data", "build_turbulence", "turbulence_evaluate"]
+__all__ = [
+    "TURBULENCE_METRICS",
+    "TurbulenceDecoder",
+    "turbulence_data",
+    "build_turbulence",
+    "turbulence_evaluate",
+]
 
 SHELLS = (1, 2, 4, 8, 16)
 TURBULENCE_METRICS = (

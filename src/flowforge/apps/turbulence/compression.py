@@ -40,7 +40,9 @@ __all__ = ["compression_ratio", "downsample", "bicubic_upsample", "spectral_upsa
 
 def _check(x: Tensor, factor: int, what: str = "field") -> None:
     if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"expected a {what} batch (B, C, n, n), got shape {tuple(x.shape)}; add axes with x[:, None]")
+        raise ValueError(
+            f"expected a {what} batch (B, C, n, n), got shape {tuple(x.shape)}; add axes with x[:, None]"
+        )
     if factor < 1 or (what == "field" and x.shape[-1] % factor):
         raise ValueError(f"factor must be a positive divisor of n={x.shape[-1]}, got {factor}")
 
@@ -72,7 +74,9 @@ def _box_response(n: int, factor: int, dtype: torch.dtype, device: torch.device)
 
     def h(k: Tensor) -> Tensor:
         den = factor * torch.sin(k * d / 2)
-        return torch.where(k == 0, torch.ones_like(k), torch.sin(k * factor * d / 2) / torch.where(k == 0, 1.0, den))
+        return torch.where(
+            k == 0, torch.ones_like(k), torch.sin(k * factor * d / 2) / torch.where(k == 0, 1.0, den)
+        )
 
     shift = (factor - 1) * d / 2  # cell centres sit (f - 1)/2 fine cells after the coarse grid points
     return h(kx) * h(ky) * torch.exp(1j * (kx + ky) * shift)

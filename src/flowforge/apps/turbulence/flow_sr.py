@@ -79,9 +79,13 @@ class FlowSuperResolver(nn.Module):
     ) -> None:
         super().__init__()
         if frames not in (1, 3):
-            raise ValueError(f"frames must be 1 (super-resolution) or 3 (temporal interpolation), got {frames}")
+            raise ValueError(
+                f"frames must be 1 (super-resolution) or 3 (temporal interpolation), got {frames}"
+            )
         if n % patch or n % factor or (n // patch) % (2 ** (len(tuple(mults)) - 1)):
-            raise ValueError(f"n={n} must be divisible by factor={factor} and patch * 2^(levels-1)={patch}*{2 ** (len(tuple(mults)) - 1)}")
+            raise ValueError(
+                f"n={n} must be divisible by factor={factor} and patch * 2^(levels-1)={patch}*{2 ** (len(tuple(mults)) - 1)}"
+            )
         if scale <= 0 or residual_scale <= 0:
             raise ValueError(f"scale and residual_scale must be > 0, got {scale}, {residual_scale}")
         self.factor, self.n, self.frames, self.patch = int(factor), int(n), int(frames), int(patch)
@@ -127,10 +131,14 @@ class FlowSuperResolver(nn.Module):
         """One draw of the full field ``(B, 1, n, n)`` given stored fields ``(B, K, m, m)`` (data units)."""
         k = 1 if self.frames == 1 else 2
         if low.dim() != 4 or low.shape[1] != k or low.shape[-1] * self.factor != self.n:
-            raise ValueError(f"expected stored fields (B, {k}, {self.n // self.factor}, {self.n // self.factor}), got {tuple(low.shape)}")
+            raise ValueError(
+                f"expected stored fields (B, {k}, {self.n // self.factor}, {self.n // self.factor}), got {tuple(low.shape)}"
+            )
         base, extra = self._cond(low)
         was = self.training
         self.eval()
-        r = self.fm.generator().sample(low.shape[0], cond={"extra": extra}, steps=steps, solver=solver, generator=generator)
+        r = self.fm.generator().sample(
+            low.shape[0], cond={"extra": extra}, steps=steps, solver=solver, generator=generator
+        )
         self.train(was)
         return (base + self.residual_scale * F.pixel_shuffle(r, self.patch)) * self.scale

@@ -37,10 +37,14 @@ class KolmogorovForcing:
     amplitude: float = 1.0
     k: int = 4
 
-    def __call__(self, n: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    def __call__(
+        self, n: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> Tensor:
         """The forcing field ``(n, n)``."""
         if not 1 <= self.k <= n // 3:
-            raise ValueError(f"forcing wavenumber k={self.k} must be in 1..n//3={n // 3} (the dealiased band)")
+            raise ValueError(
+                f"forcing wavenumber k={self.k} must be in 1..n//3={n // 3} (the dealiased band)"
+            )
         y = torch.arange(n, dtype=dtype, device=device) * (2 * math.pi / n)
         return (-self.amplitude * self.k * torch.cos(self.k * y))[:, None].expand(n, n).clone()
 
@@ -54,7 +58,9 @@ class RingForcing:
     k: float = 4.0
     seed: int = 0
 
-    def __call__(self, n: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    def __call__(
+        self, n: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> Tensor:
         """The forcing field ``(n, n)``."""
         kx, ky = wavenumbers(n, dtype=dtype, device=device)
         shell = ((kx**2 + ky**2).sqrt() - self.k).abs() < 0.5

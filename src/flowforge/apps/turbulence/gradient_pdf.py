@@ -32,14 +32,19 @@ def velocity_gradients(w: Tensor) -> Tensor:
     """Pooled longitudinal gradients ``du/dx`` and ``dv/dy`` of vorticity ``(..., n, n)``, flattened."""
     u = velocity(w)
     return torch.cat(
-        [spectral_derivative(u[..., 0, :, :], "x").flatten(), spectral_derivative(u[..., 1, :, :], "y").flatten()]
+        [
+            spectral_derivative(u[..., 0, :, :], "x").flatten(),
+            spectral_derivative(u[..., 1, :, :], "y").flatten(),
+        ]
     )
 
 
 def gradient_pdf_distance(pred: Tensor, true: Tensor, *, n_quantiles: int = 2000) -> Tensor:
     """W1 between the standardised velocity-gradient PDFs of ``pred`` and ``true`` (vorticity, same shape)."""
     if pred.shape != true.shape:
-        raise ValueError(f"pred and true must have one shape, got {tuple(pred.shape)} and {tuple(true.shape)}")
+        raise ValueError(
+            f"pred and true must have one shape, got {tuple(pred.shape)} and {tuple(true.shape)}"
+        )
     gp, gt = velocity_gradients(pred), velocity_gradients(true)
     s = gt.std()
     q = (torch.arange(n_quantiles, dtype=gt.dtype, device=gt.device) + 0.5) / n_quantiles

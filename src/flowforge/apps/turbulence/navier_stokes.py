@@ -34,8 +34,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from flowforge.apps.turbulence.forcing import KolmogorovForcing, random_vorticity
-from flowforge.apps.turbulence.spectral import dealias_mask, derivative_wavenumbers, streamfunction_hat, wavenumbers
+from flowforge.apps.turbulence.forcing import KolmogorovForcing, random_vorticity  # noqa: F401 (the example)
+from flowforge.apps.turbulence.spectral import (
+    dealias_mask,
+    derivative_wavenumbers,
+    streamfunction_hat,
+    wavenumbers,
+)
 
 __all__ = ["NavierStokes2D"]
 
@@ -74,9 +79,7 @@ class NavierStokes2D:
         self.ikx, self.iky = (1j * k for k in derivative_wavenumbers(n, dtype=dtype, device=device))
         self.mask = dealias_mask(n, device=device) if dealias else torch.ones_like(self.lin, dtype=torch.bool)
         self.forcing = forcing
-        self.f_hat = (
-            torch.fft.rfft2(forcing(n, dtype, device)) * self.mask if forcing is not None else None
-        )
+        self.f_hat = torch.fft.rfft2(forcing(n, dtype, device)) * self.mask if forcing is not None else None
 
     def nonlinear(self, w_hat: Tensor) -> Tensor:
         r""":math:`N(\hat\omega) = -P\,\mathcal F[u\cdot\nabla\omega] + \hat f` (``P``: the dealiasing projection)."""
@@ -117,7 +120,9 @@ class NavierStokes2D:
             w_hat = self.step_hat(w_hat, h)
         return torch.fft.irfft2(w_hat, s=(self.n, self.n))
 
-    def trajectory(self, w: Tensor, *, snapshots: int, every: float, dt: float, burn_in: float = 0.0) -> Tensor:
+    def trajectory(
+        self, w: Tensor, *, snapshots: int, every: float, dt: float, burn_in: float = 0.0
+    ) -> Tensor:
         """``(B, snapshots, n, n)``: after ``burn_in``, a snapshot every ``every`` time units (the first at the
         end of the burn-in)."""
         if snapshots < 1 or every <= 0:
@@ -128,5 +133,3 @@ class NavierStokes2D:
             w = self.run(w, every, dt)
             out.append(w)
         return torch.stack(out, dim=1)
-
-

@@ -52,7 +52,9 @@ def spectrum_error(pred: Tensor, true: Tensor, *, kmax: int | None = None) -> Te
         ``(kmax,)``: entry ``i`` is shell ``k = i + 1``.
     """
     if pred.shape != true.shape:
-        raise ValueError(f"pred and true must have one shape, got {tuple(pred.shape)} and {tuple(true.shape)}")
+        raise ValueError(
+            f"pred and true must have one shape, got {tuple(pred.shape)} and {tuple(true.shape)}"
+        )
     n = true.shape[-1]
     kmax = n // 3 if kmax is None else int(kmax)
     ep, et = energy_spectrum(pred), energy_spectrum(true)

@@ -53,7 +53,9 @@ class SRGenerator(nn.Module):
     def __init__(self, factor: int, channels: int = 32, blocks: int = 4, head: int = 16) -> None:
         super().__init__()
         if factor < 2 or channels < 1 or blocks < 0 or head < 1:
-            raise ValueError(f"need factor >= 2, channels, head >= 1, blocks >= 0; got {factor, channels, blocks, head}")
+            raise ValueError(
+                f"need factor >= 2, channels, head >= 1, blocks >= 0; got {factor, channels, blocks, head}"
+            )
         self.factor = int(factor)
         self.inp = _conv(1, channels)
         self.body = nn.Sequential(*[_Res(channels) for _ in range(blocks)])
@@ -116,7 +118,9 @@ class SRGAN(nn.Module):
         if content not in ("l1", "l2"):
             raise ValueError(f"content must be 'l1' or 'l2', got {content!r}")
         if adv_weight < 0 or scale <= 0:
-            raise ValueError(f"need adv_weight >= 0 and scale > 0, got adv_weight={adv_weight}, scale={scale}")
+            raise ValueError(
+                f"need adv_weight >= 0 and scale > 0, got adv_weight={adv_weight}, scale={scale}"
+            )
         self.factor, self.adv_weight, self.content = int(factor), float(adv_weight), content
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.gen = SRGenerator(factor, channels, blocks, head)

@@ -27,7 +27,9 @@ from torch import Tensor
 
 __all__ = ["wavelets_available", "wavelet_truncate"]
 
-_MISSING = "the wavelet decoder needs PyWavelets: pip install 'flowforge[wavelets]' (or pip install PyWavelets)"
+_MISSING = (
+    "the wavelet decoder needs PyWavelets: pip install 'flowforge[wavelets]' (or pip install PyWavelets)"
+)
 
 
 def wavelets_available() -> bool:
