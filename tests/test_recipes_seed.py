@@ -55,6 +55,7 @@ EXTRA = {
     # their maximum-likelihood data are MCMC runs (a minute or more); reverse KL trains the same flow
     "dw4-bg": {"objective": "kl"},
     "lj13-bg": {"objective": "kl"},
+    "turbulence-sr": {"n": 32, "flows": 2, "snapshots": 4, "burn_in": 1.0, "channels": 8, "patch": 2},
     "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
     "torus-aldp": {"data_dir": str(ALDP)},  # 64 MD frames (or the cached trajectory's first 64)
     "ising-ebgfn": {"side": 3, "n_data": 64, "gibbs_sweeps": 5},  # its Gibbs data: seconds at full size
