@@ -116,8 +116,13 @@ def evaluate(flow: TransferableTARFlow, name: str, args: argparse.Namespace, see
 
     def row(key: str, log_z: float | None, ess: float | None, x: torch.Tensor, evals: int, extra: int = 0):
         out.setdefault(key, []).append(
-            {"logz_err": None if log_z is None else abs(log_z - lz), "ess": ess,
-             "ew2": energy_w2(e_ref, chain(x.double())), "evals": evals, "extra_evals": extra}  # fmt: skip
+            {
+                "logz_err": None if log_z is None else abs(log_z - lz),
+                "ess": ess,
+                "ew2": energy_w2(e_ref, chain(x.double())),
+                "evals": evals,
+                "extra_evals": extra,
+            }  # fmt: skip
         )
 
     for s in seeds:
@@ -133,7 +138,9 @@ def evaluate(flow: TransferableTARFlow, name: str, args: argparse.Namespace, see
         L = args.mala_len
         x0 = bound.sample(B // L, generator=g)
         # burn-in (step-size adaptation) = first half of each chain, counted in the budget
-        m = mala(chain, x0.double(), L - L // 2, step_size=0.005, burn_in=L // 2, generator=g, keep_samples=True)
+        m = mala(
+            chain, x0.double(), L - L // 2, step_size=0.005, burn_in=L // 2, generator=g, keep_samples=True
+        )
         es = chain(m.samples.reshape(-1, chain.dim)).reshape(m.samples.shape[:2])
         row("mala_from_flow", None, autocorr_ess(es) / B, m.samples.reshape(-1, chain.dim), B)
         bonded = chain.sample_bonded(B, generator=g)
@@ -151,7 +158,7 @@ def evaluate(flow: TransferableTARFlow, name: str, args: argparse.Namespace, see
     opt = torch.optim.Adam(tuned.parameters(), lr=args.si_lr)
     g = torch.Generator().manual_seed(100)
     trace = []
-    for i in range(args.si_steps):
+    for _ in range(args.si_steps):
         loss = si.loss(BatchRequest(256, g, None))
         opt.zero_grad()
         loss.backward()
@@ -175,7 +182,9 @@ def summarise(res: dict) -> None:
     print(f"\n### {res['chain']}: reference log Z = {res['ref_logz']:.4f} ± {res['ref_se']:.4f} "
           f"(second estimate differs by {res['ref_logz_seed1_diff']:.4f}); E-W2 control PT vs PT "
           f"{res['control_ew2_pt_vs_pt']:.3f}")  # fmt: skip
-    print("| method | energy evals | + fine-tune evals | ESS (mean ± sd) | abs log Z error (mean ± sd) | E-W2 |")
+    print(
+        "| method | energy evals | + fine-tune evals | ESS (mean ± sd) | abs log Z error (mean ± sd) | E-W2 |"
+    )
     print("|---|---|---|---|---|---|")
     for k, rows in res.items():
         if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):

@@ -37,7 +37,9 @@ def test_chain_energy_invariances_float64():
     shift = torch.tensor([3.0, -1.5], dtype=D).repeat(chain.n)
     internal = chain.bonded_energy(x) + chain.repulsion_energy(x)
     y = x + shift
-    torch.testing.assert_close(chain.bonded_energy(y) + chain.repulsion_energy(y), internal, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(
+        chain.bonded_energy(y) + chain.repulsion_energy(y), internal, rtol=1e-12, atol=1e-10
+    )
     centre = x.reshape(64, -1, 2).mean(1) + shift[:2]
     torch.testing.assert_close(chain.com_energy(y), 0.5 * chain.n * centre.square().sum(-1))
 
@@ -69,10 +71,11 @@ def test_chain_energy_closed_form_and_gradient():
 
 def test_reference_log_z_against_plain_importance_sampling():
     # an independent estimate: Cartesian random-walk proposal x1 ~ N(0, I), x_{i+1} = x_i + N(0, s^2 I)
-    chain = BeadChain("ABA")
+    chain = BeadChain("BCB")  # repulsion between the outer beads lowers log Z by about 0.15
     lz, se = chain.reference_log_z(200_000, seed=0)
+    assert chain.bonded_log_z() - lz > 0.1
     g = torch.Generator().manual_seed(0)
-    n, s = 400_000, 0.8
+    n, s = 1_000_000, 0.8
     x1 = torch.randn(n, 2, generator=g, dtype=D)
     steps = s * torch.randn(n, 2, 2, generator=g, dtype=D)
     x = torch.cat([x1[:, None], x1[:, None] + torch.cumsum(steps, 1)], 1).reshape(n, 6)
@@ -81,7 +84,7 @@ def test_reference_log_z_against_plain_importance_sampling():
     log_w = -chain(x) - log_q
     est = float(torch.logsumexp(log_w, 0) - math.log(n))
     assert se < 1e-3
-    assert abs(est - lz) < 0.05, (est, lz)
+    assert abs(est - lz) < 0.03, (est, lz)
 
 
 def test_reference_samples_agree_with_exact_bonded_chain(tmp_path):
@@ -117,7 +120,9 @@ def test_flow_log_prob_of_own_samples_equals_sampling_density(types):
     torch.testing.assert_close(flow.log_prob(x, t), log_q, rtol=1e-10, atol=1e-9)
     # the log-determinant against the autograd Jacobian of x -> z
     xi = x[:1].detach()
-    jac = torch.autograd.functional.jacobian(lambda v: flow(v, t)[0].reshape(1, -1), xi).reshape(xi.numel(), -1)
+    jac = torch.autograd.functional.jacobian(lambda v: flow(v, t)[0].reshape(1, -1), xi).reshape(
+        xi.numel(), -1
+    )
     torch.testing.assert_close(flow(xi, t)[1][0], torch.linalg.slogdet(jac)[1], rtol=1e-9, atol=1e-9)
 
 
@@ -151,7 +156,9 @@ def test_bound_flow_drives_is_and_smc_and_family_batches():
     one = chain.sample_bonded(1, generator=g)
     xa, _ = ChainFamilyData([one], [chain.types])(32, g)
     internal = chain.bonded_energy(xa.double()) + chain.repulsion_energy(xa.double())
-    torch.testing.assert_close(internal, (chain.bonded_energy(one) + chain.repulsion_energy(one)).expand(32), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        internal, (chain.bonded_energy(one) + chain.repulsion_energy(one)).expand(32), atol=1e-4, rtol=1e-5
+    )
     assert xa.reshape(32, 4, 2).mean(1).std(0).min() > 0.2  # a fresh centre each
 
 
@@ -186,7 +193,9 @@ def test_chains_transfer_recipe_smoke(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     sets = ("train_lengths=4+5 per_length=2 n_train=256 blocks=2 width=16 layers=1 head_dim=8 test_chain=ABCAB "
             "si_steps=3 si_proposals=256 si_refresh=2 ref_samples=20000 eval_samples=256")  # fmt: skip
-    assert main(["train", "chains-transfer", "--steps", "10", "--out", str(out), "--quiet", "--set", sets]) == 0
+    assert (
+        main(["train", "chains-transfer", "--steps", "10", "--out", str(out), "--quiet", "--set", sets]) == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -90,7 +90,11 @@ class ChainTypes:
 
     def __post_init__(self) -> None:
         k = len(self.radius)
-        if k < 1 or any(len(v) != k for v in (self.bond_k, self.angle, self.angle_k)) or len(self.letters) != k:
+        if (
+            k < 1
+            or any(len(v) != k for v in (self.bond_k, self.angle, self.angle_k))
+            or len(self.letters) != k
+        ):
             raise ValueError(
                 "ChainTypes needs one radius, bond_k, angle, angle_k and letter per type (equal lengths)"
             )
@@ -109,8 +113,8 @@ def parse_types(types: str | Sequence[int] | Tensor, table: ChainTypes = DEFAULT
     """A type sequence as a long tensor ``(n,)``: from letters (``"ABCA"``) or integers.
 
     Example:
-        >>> parse_types("BAC").tolist(), parse_types([2, 0]).tolist()
-        ([1, 0, 2], [2, 0])
+        >>> parse_types("BAC").tolist(), parse_types([2, 0, 1]).tolist()
+        ([1, 0, 2], [2, 0, 1])
     """
     if isinstance(types, str):
         bad = sorted(set(types) - set(table.letters))
@@ -122,7 +126,9 @@ def parse_types(types: str | Sequence[int] | Tensor, table: ChainTypes = DEFAULT
     else:
         t = torch.as_tensor(types)
         if t.is_floating_point() or t.ndim != 1:
-            raise ValueError(f"types must be a 1-D integer sequence or a letter string, got {t.dtype} {tuple(t.shape)}")
+            raise ValueError(
+                f"types must be a 1-D integer sequence or a letter string, got {t.dtype} {tuple(t.shape)}"
+            )
         t = t.long()
     if t.numel() < 3:
         raise ValueError(f"a bead chain needs at least 3 beads (bonds and an angle), got {t.numel()}")
@@ -180,7 +186,9 @@ class BeadChain(Energy):
         self.register_buffer("r0", rad[a] + rad[b], persistent=False)
         self.register_buffer("kb", torch.sqrt(kb[a] * kb[b]), persistent=False)
         mid = t[1:-1]
-        self.register_buffer("cos0", torch.cos(torch.tensor(table.angle, dtype=torch.float64))[mid], persistent=False)
+        self.register_buffer(
+            "cos0", torch.cos(torch.tensor(table.angle, dtype=torch.float64))[mid], persistent=False
+        )
         self.register_buffer("ka", torch.tensor(table.angle_k, dtype=torch.float64)[mid], persistent=False)
         i, j = torch.triu_indices(self.n, self.n, 2)
         self.register_buffer("pi", i, persistent=False)
@@ -298,7 +306,7 @@ def chain_family(
 
     Example:
         >>> chain_family([4, 5], 2, seed=0)
-        ['CCBC', 'BCCC', 'BCBAB', 'AAACB']
+        ['CACA', 'BABB', 'BACCA', 'ABCAA']
     """
     g = torch.Generator().manual_seed(int(seed))
     banned = set(exclude)
@@ -307,7 +315,9 @@ def chain_family(
         if n < 3:
             raise ValueError(f"chain lengths must be >= 3, got {n}")
         if per_length > table.num_types**n - len([e for e in banned if len(e) == n]):
-            raise ValueError(f"cannot draw {per_length} distinct chains of length {n} from {table.num_types} types")
+            raise ValueError(
+                f"cannot draw {per_length} distinct chains of length {n} from {table.num_types} types"
+            )
         got: list[str] = []
         while len(got) < per_length:
             s = "".join(table.letters[int(k)] for k in torch.randint(table.num_types, (n,), generator=g))
@@ -333,7 +343,7 @@ class ChainFamilyData:
         >>> c = BeadChain("ABCA")
         >>> data = ChainFamilyData([c.sample_bonded(10)], [c.types])
         >>> x, t = data(4, torch.Generator().manual_seed(0))
-        >>> x.shape, t.tolist()
+        >>> x.shape, t[0].tolist()
         (torch.Size([4, 8]), [0, 1, 2, 0])
     """
 

@@ -53,7 +53,9 @@ __all__ = ["BoundTransferableFlow", "TransferableTARFlow"]
 class _Block(nn.Module):
     """One conditioned autoregressive affine block on ``(B, T, d)`` tokens with a learned start token."""
 
-    def __init__(self, dim: int, width: int, layers: int, head_dim: int, max_len: int, clip: float, flip: bool):
+    def __init__(
+        self, dim: int, width: int, layers: int, head_dim: int, max_len: int, clip: float, flip: bool
+    ):
         super().__init__()
         self.flip, self.clip = flip, clip
         self.inp = nn.Linear(dim, width)
@@ -134,7 +136,9 @@ class TransferableTARFlow(nn.Module):
         self.len_emb = nn.Embedding(max_len + 1, width)
         self.pos_emb = nn.Parameter(torch.randn(max_len, width) * 0.1)
         heads = max(1, width // head_dim)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.blocks = nn.ModuleList(
             _Block(spatial_dim, width, layers, head_dim, max_len, log_sigma_clip, flip=k % 2 == 1)
@@ -152,7 +156,9 @@ class TransferableTARFlow(nn.Module):
         if t.ndim != 2 or t.shape[0] != batch:
             raise ValueError(f"types must have shape (T,) or ({batch}, T), got {tuple(t.shape)}")
         if length is not None and t.shape[1] != length:
-            raise ValueError(f"the points hold {length} particles but the types list {t.shape[1]}; give one type a particle")
+            raise ValueError(
+                f"the points hold {length} particles but the types list {t.shape[1]}; give one type a particle"
+            )
         if not 2 <= t.shape[1] <= self.max_len:
             raise ValueError(f"systems need 2 to max_len={self.max_len} particles, got {t.shape[1]}")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_types):

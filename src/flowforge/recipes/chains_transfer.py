@@ -40,7 +40,9 @@ def _lengths(config: dict[str, Any]) -> list[int]:
     try:
         lengths = [int(v) for v in str(config["train_lengths"]).replace("+", ",").split(",") if v.strip()]
     except ValueError as e:
-        raise ValueError(f"train_lengths lists chain lengths joined by +, e.g. 4+5+6+8; got {config['train_lengths']!r}") from e
+        raise ValueError(
+            f"train_lengths lists chain lengths joined by +, e.g. 4+5+6+8; got {config['train_lengths']!r}"
+        ) from e
     if not lengths or min(lengths) < 3 or max(lengths) > int(config["max_len"]):
         raise ValueError(f"train_lengths must lie in [3, max_len={config['max_len']}], got {lengths}")
     return lengths
@@ -52,7 +54,9 @@ def family_of(config: dict[str, Any]) -> list[str]:
     parse_types(test)
     if len(test) > int(config["max_len"]):
         raise ValueError(f"test_chain has {len(test)} beads but max_len={config['max_len']}; raise max_len")
-    return chain_family(_lengths(config), int(config["per_length"]), seed=int(config["family_seed"]), exclude=[test])
+    return chain_family(
+        _lengths(config), int(config["per_length"]), seed=int(config["family_seed"]), exclude=[test]
+    )
 
 
 def build_chains_transfer(config: dict[str, Any]) -> nn.Module:
@@ -102,13 +106,17 @@ def chains_transfer_evaluate(
     if {"logz_ref", "logz_error", "logz_error_si"} & set(metrics):
         out["logz_ref"], out["logz_ref_se"] = chain.reference_log_z(int(config["ref_samples"]), seed=0)
     if {"ess", "logz", "logz_error"} & set(metrics):
-        r = importance_sample(model.bind(chain.types), chain, n, generator=torch.Generator().manual_seed(seed))
+        r = importance_sample(
+            model.bind(chain.types), chain, n, generator=torch.Generator().manual_seed(seed)
+        )
         out["ess"], out["logz"] = r.ess, r.log_z
         if "logz_ref" in out:
             out["logz_error"] = abs(r.log_z - out["logz_ref"])
     if {"ess_si", "logz_si", "logz_error_si"} & set(metrics):
         tuned = self_improve(model, chain, config, seed)
-        r = importance_sample(tuned.bind(chain.types), chain, n, generator=torch.Generator().manual_seed(seed))
+        r = importance_sample(
+            tuned.bind(chain.types), chain, n, generator=torch.Generator().manual_seed(seed)
+        )
         out["ess_si"], out["logz_si"] = r.ess, r.log_z
         out["si_evals"] = float(tuned.si_evals)
         if "logz_ref" in out:
@@ -116,7 +124,9 @@ def chains_transfer_evaluate(
     return out
 
 
-def self_improve(model: nn.Module, chain: BeadChain, config: dict[str, Any], seed: int = 0) -> TransferableTARFlow:
+def self_improve(
+    model: nn.Module, chain: BeadChain, config: dict[str, Any], seed: int = 0
+) -> TransferableTARFlow:
     """A copy of the model fine-tuned on ``chain`` by Prose's IS-weighted self-improvement (energy only)."""
     tuned = copy.deepcopy(model).train()
     si = SelfImprovement(
