@@ -142,7 +142,7 @@ def self_improve(
     refreshes = 0
     for _ in range(int(config["si_steps"])):
         before = si._refreshed_at if si.buffer is not None else -1
-        loss = si.loss(BatchRequest(int(config["batch_size"]), g, None))
+        loss = si.loss(BatchRequest(int(config["si_batch"]), g, None))
         refreshes += si._refreshed_at != before
         opt.zero_grad()
         loss.backward()
@@ -174,12 +174,13 @@ register(
             "head_dim": 16,
             "eval_samples": 20_000,
             "ref_samples": 1_000_000,
-            "si_steps": 300,
-            "si_lr": 2e-4,
+            "si_steps": 200,
+            "si_lr": 1e-4,
             "si_proposals": 4000,
-            "si_refresh": 50,
-            "teacher_weight": 0.0,
+            "si_refresh": 20,
+            "teacher_weight": 1.0,
             "family": "",
+            "si_batch": 128,
             "steps": 2000,
             "batch_size": 256,
             "lr": 2e-3,
