@@ -59,6 +59,7 @@ EXTRA = {
     "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
     "torus-aldp": {"data_dir": str(ALDP)},  # 64 MD frames (or the cached trajectory's first 64)
     "ising-ebgfn": {"side": 3, "n_data": 64, "gibbs_sweeps": 5},  # its Gibbs data: seconds at full size
+    "chains-transfer": {"train_lengths": "4", "per_length": 2},  # PT reference of 2 chains, not 12
     # the whole oracle budget runs in the trainer's one step
     "smiles-optimize": {
         "budget": 40,

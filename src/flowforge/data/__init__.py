@@ -12,6 +12,7 @@ from flowforge.data.aldp import (
     aldp_dihedrals,
 )
 from flowforge.data.arrays import SUPPORTED_EXTENSIONS, Standardizer, check_finite, load_array
+from flowforge.data.chains import BeadChain, ChainFamilyData, ChainTypes, chain_family, parse_types
 from flowforge.data.energies import (
     GMM40,
     DoubleWell4,
@@ -49,6 +50,11 @@ from flowforge.data.toy2d import TOY2D_NAMES, toy2d
 from flowforge.data.vmf import VMFMixture, earth_like_vmf_mixture, vmf_log_prob, vmf_sample
 
 __all__ = [
+    "BeadChain",
+    "ChainFamilyData",
+    "ChainTypes",
+    "chain_family",
+    "parse_types",
     "GMM40",
     "DoubleWell4",
     "Energy",

@@ -20,6 +20,7 @@ file                                       names (method -> file)
 ``normalizing/glow.py``                    ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
 ``normalizing/importance.py``              ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
 ``normalizing/smc.py``                     ``smc``, ``SMCResult``
+``normalizing/transferable.py``            ``TransferableTARFlow``, ``BoundTransferableFlow`` (Prose's transferable flow)
 ``normalizing/reverse_kl.py``              ``ReverseKL``
 ``normalizing/self_improvement.py``        ``SelfImprovement``
 ``nn/made.py``                             ``MADE`` (the masked conditioner network)
@@ -52,8 +53,11 @@ from flowforge.normalizing.self_improvement import SelfImprovement
 from flowforge.normalizing.smc import SMCResult, smc
 from flowforge.normalizing.splines import rq_spline
 from flowforge.normalizing.tarflow import TARFlow, TARFlowBlock
+from flowforge.normalizing.transferable import BoundTransferableFlow, TransferableTARFlow
 
 __all__ = [
+    "BoundTransferableFlow",
+    "TransferableTARFlow",
     "LOG_SCALE_BOUND",
     "MADE",
     "MAF",
