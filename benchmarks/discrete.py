@@ -3,7 +3,7 @@
 Two parts, one table each (markdown on stdout, progress on stderr; ``--json FILE`` appends one JSON line
 per row).
 
-**sources** -- ``python benchmarks/discrete.py sources --data expr|smiles [--steps S] [--n N]``
+**sources** -- ``python benchmarks/discrete.py sources --data expr|smiles|selfies [--steps S] [--n N]``
 
 The ``<data>-uniform`` and ``<data>-masked`` recipes (:mod:`flowforge.recipes.discrete`) trained at equal
 budget: the same steps, batch, network, learning rate, warm-up, clipping, EMA and seed; they differ only
@@ -539,7 +539,7 @@ def meta(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=("sources", "meta"))
-    p.add_argument("--data", choices=("expr", "smiles"), default="expr")
+    p.add_argument("--data", choices=("expr", "smiles", "selfies"), default="expr")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 3000; --smoke 20)")
     p.add_argument("--n", type=int, default=None, help="samples to score (default 2000; --smoke 50)")
     p.add_argument("--batch", type=int, default=128)
