@@ -243,7 +243,11 @@ class Vocabulary:
         ['ba', 'a']
     """
 
-    def __init__(self, tokens: Sequence[str], tokenizer: CharTokenizer | SmilesTokenizer | SelfiesTokenizer | None = None):
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        tokenizer: CharTokenizer | SmilesTokenizer | SelfiesTokenizer | None = None,
+    ):
         tokens = list(tokens)
         if PAD in tokens:
             raise ValueError(f"tokens must not contain the padding token {PAD!r}; it is added as id 0")
