@@ -106,6 +106,19 @@ def test_selfies_recipes_train_and_every_sample_is_a_molecule(tmp_path):
     train, test = corpus(config)
     assert all(canonical(s) == s for s in test[:50])
     assert vocabulary(config).tokenizer.name == "selfies"
+    # the optimisation recipe takes a selfies-uniform base as it takes a smiles-uniform one
+    opt = {"budget": 30, "population": 16, "offspring": 16, "mutations": 4, "ppo_batch": 16}
+    opt |= {
+        "reinforce_steps": 1,
+        "num_timesteps": 2,
+        "sample_steps": 4,
+        "init_from": str(tmp_path / "selfies-uniform"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_recipe("smiles-optimize", overrides=opt, out=tmp_path / "opt", progress=False)
+    res = evaluate(tmp_path / "opt")
+    assert res["oracle_calls"] <= 30 and res["validity"] >= 0.8, res
 
 
 def test_genetic_prompts_and_optimize_through_the_selfies_vocabulary(nci_vocab):
