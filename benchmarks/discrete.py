@@ -278,7 +278,7 @@ def _evaluate_samples(run: Path, metrics: list[str], n: int, seed: int, steps: i
 def sources(args: argparse.Namespace) -> None:
     runs_dir = Path(args.runs_dir)
     metrics = _metrics(args.data)
-    names = [f"{args.data}-uniform", f"{args.data}-masked"]
+    names = [f"{args.data}-{source}" for source in args.sources]
     suffix = f"-s{args.steps}-w{args.width}d{args.depth}h{args.heads}" + ("-smoke" if args.smoke else "")
     trainings, rows = [], []
     for name in names:
@@ -555,6 +555,13 @@ def main() -> None:
     g.add_argument("--runs-dir", default="runs/discrete")
     g.add_argument("--retrain", action="store_true", help="train again even when a finished run is there")
     g.add_argument("--sample-steps", type=int, nargs="*", default=[8, 16, 32, 64, 128])
+    g.add_argument(
+        "--sources",
+        nargs="+",
+        choices=("uniform", "masked"),
+        default=["uniform", "masked"],
+        help="which recipes <data>-<source> to train and score (default both)",
+    )
     g = p.add_argument_group("meta")
     g.add_argument("--source", choices=("mask", "uniform"), default="mask")
     g.add_argument(
