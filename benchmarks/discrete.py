@@ -3,7 +3,7 @@
 Two parts, one table each (markdown on stdout, progress on stderr; ``--json FILE`` appends one JSON line
 per row).
 
-**sources** -- ``python benchmarks/discrete.py sources --data expr|smiles [--steps S] [--n N]``
+**sources** -- ``python benchmarks/discrete.py sources --data expr|smiles|selfies [--steps S] [--n N]``
 
 The ``<data>-uniform`` and ``<data>-masked`` recipes (:mod:`flowforge.recipes.discrete`) trained at equal
 budget: the same steps, batch, network, learning rate, warm-up, clipping, EMA and seed; they differ only
@@ -278,7 +278,7 @@ def _evaluate_samples(run: Path, metrics: list[str], n: int, seed: int, steps: i
 def sources(args: argparse.Namespace) -> None:
     runs_dir = Path(args.runs_dir)
     metrics = _metrics(args.data)
-    names = [f"{args.data}-uniform", f"{args.data}-masked"]
+    names = [f"{args.data}-{source}" for source in args.sources]
     suffix = f"-s{args.steps}-w{args.width}d{args.depth}h{args.heads}" + ("-smoke" if args.smoke else "")
     trainings, rows = [], []
     for name in names:
@@ -539,7 +539,7 @@ def meta(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=("sources", "meta"))
-    p.add_argument("--data", choices=("expr", "smiles"), default="expr")
+    p.add_argument("--data", choices=("expr", "smiles", "selfies"), default="expr")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 3000; --smoke 20)")
     p.add_argument("--n", type=int, default=None, help="samples to score (default 2000; --smoke 50)")
     p.add_argument("--batch", type=int, default=128)
@@ -555,6 +555,13 @@ def main() -> None:
     g.add_argument("--runs-dir", default="runs/discrete")
     g.add_argument("--retrain", action="store_true", help="train again even when a finished run is there")
     g.add_argument("--sample-steps", type=int, nargs="*", default=[8, 16, 32, 64, 128])
+    g.add_argument(
+        "--sources",
+        nargs="+",
+        choices=("uniform", "masked"),
+        default=["uniform", "masked"],
+        help="which recipes <data>-<source> to train and score (default both)",
+    )
     g = p.add_argument_group("meta")
     g.add_argument("--source", choices=("mask", "uniform"), default="mask")
     g.add_argument(

@@ -1,14 +1,18 @@
-"""Property optimisation of a smiles-uniform discrete flow for QED: GA + PPO vs GA alone vs the base model.
+"""Property optimisation of a uniform-source token flow for QED: GA + PPO vs GA alone vs the base model.
+
+The base is a ``smiles-uniform`` or ``selfies-uniform`` run (``--recipe``; SELFIES samples are valid molecules
+by construction, SMILES ones from a CPU-sized model mostly are not).
 
 All three modes start from the same base run and spend the same oracle budget (PMO counting: each new canonical
 molecule costs one call), for each seed. Prints a markdown table: mode, top-10 AUC (mean +- sd over seeds),
 top-10 mean QED, validity of the flow's samples, wall time.
 
     python benchmarks/property_opt.py --base runs/discrete/smiles-uniform --budget 2000 --seeds 0 1 2
-    python benchmarks/property_opt.py --smoke     # budget 100, one seed, a tiny base trained for ~50 steps
+    python benchmarks/property_opt.py --base runs/discrete/selfies-uniform-s2000-w64d2h4 --budget 2000
+    python benchmarks/property_opt.py --smoke [--recipe selfies-uniform]  # budget 100, one seed, tiny base
 
-When ``--base`` holds no run, a base is trained first with ``train_recipe("smiles-uniform", ...)`` (the
-recipe's defaults; ``--smoke``: a tiny one) and the script says so.
+When ``--base`` holds no run, a base is trained first with ``train_recipe(RECIPE, ...)`` (``--recipe``,
+default ``smiles-uniform``; the recipe's defaults, ``--smoke``: a tiny one) and the script says so.
 """
 
 from __future__ import annotations
@@ -30,21 +34,29 @@ SMOKE_OPT = {"population": 32, "offspring": 32, "mutations": 8, "ppo_batch": 32,
              "num_timesteps": 2, "steps": 8}  # fmt: skip
 
 
-def ensure_base(base: Path, smoke: bool) -> None:
+def ensure_base(base: Path, smoke: bool, recipe: str = "smiles-uniform") -> None:
     if (base / "config.json").is_file():
         return
     if smoke:
-        print(f"no run at {base}: training a tiny smiles-uniform base (50 steps) there first")
-        train_recipe("smiles-uniform", overrides=TINY, steps=50, out=base, progress=False)
+        print(f"no run at {base}: training a tiny {recipe} base (50 steps) there first")
+        train_recipe(recipe, overrides=TINY, steps=50, out=base, progress=False)
     else:
-        print(f"no run at {base}: training smiles-uniform (recipe defaults) there first")
-        train_recipe("smiles-uniform", out=base)
+        print(f"no run at {base}: training {recipe} (recipe defaults) there first")
+        train_recipe(recipe, out=base)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--base", default="runs/discrete/smiles-uniform", help="a trained smiles-uniform run folder"
+        "--base",
+        default="runs/discrete/smiles-uniform",
+        help="a trained smiles-uniform or selfies-uniform run folder",
+    )
+    p.add_argument(
+        "--recipe",
+        default="smiles-uniform",
+        choices=("smiles-uniform", "selfies-uniform"),
+        help="the base's recipe when --base holds no run yet (it is trained first)",
     )
     p.add_argument("--budget", type=int, default=2000, help="oracle calls per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -56,11 +68,11 @@ def main() -> None:
     if a.smoke:
         a.budget, a.seeds = 100, [0]
         if a.base == p.get_default("base"):
-            a.base = "runs/benchmarks/property-opt-smoke-base"
+            a.base = f"runs/benchmarks/property-opt-smoke-base-{a.recipe}"
         opts = dict(SMOKE_OPT)
     torch.set_num_threads(1)
     base = Path(a.base)
-    ensure_base(base, a.smoke)
+    ensure_base(base, a.smoke, a.recipe)
     rows = []
     for mode in a.modes:
         aucs, means, vals, walls = [], [], [], []

@@ -101,6 +101,11 @@ NEEDS_TEACHER = {
 NEEDS_SMILES_BASE = {"smiles-optimize"}
 SKIP = {
     **({} if importlib.util.find_spec("rdkit") else {"smiles-optimize": "rdkit is not installed"}),
+    **(
+        {}
+        if importlib.util.find_spec("rdkit") and importlib.util.find_spec("selfies")
+        else {k: "rdkit or selfies is not installed" for k in ("selfies-uniform", "selfies-masked")}
+    ),
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
     **(
         {}

@@ -6,7 +6,8 @@ tensors and back:
 - a **tokeniser** splits a string into tokens and joins them again: :class:`CharTokenizer` (every
   character a token) or :class:`SmilesTokenizer` (the usual SMILES regex, which keeps bracket atoms
   ``[C@@H]``, ``[1*]``, two-letter atoms ``Cl``/``Br`` and ring closures ``%10`` whole; this is the
-  "fragment-aware" one, and it keeps the space and ``.`` that join fragments);
+  "fragment-aware" one, and it keeps the space and ``.`` that join fragments), or :class:`SelfiesTokenizer`
+  (SMILES in and out, SELFIES tokens in between: every token sequence is a valid molecule);
 - a :class:`Vocabulary` maps tokens to ids, with the padding token ``<pad>`` at id 0, pads every
   sequence to a fixed length ``L`` and saves itself as JSON (:meth:`Vocabulary.to_dict`);
 - an **embedded data set** needing no download and no extra package, with a checkable notion of
@@ -42,6 +43,7 @@ __all__ = [
     "PAD",
     "CharTokenizer",
     "SmilesTokenizer",
+    "SelfiesTokenizer",
     "Vocabulary",
     "TOKENIZERS",
     "expressions",
@@ -136,8 +138,84 @@ class SmilesTokenizer:
         return "SmilesTokenizer()"
 
 
+class SelfiesTokenizer:
+    r"""SMILES in and out, SELFIES tokens in between (Krenn et al. 2020, "Self-referencing embedded strings").
+
+    :meth:`split` encodes a SMILES as SELFIES (``selfies.encoder``) and splits it into its bracketed tokens
+    (``[C]``, ``[=O]``, ``[Ring1]``, ``[Branch1]``, ``[N+1]``; ``.`` between fragments); :meth:`join`
+    decodes tokens with ``selfies.decoder`` and returns RDKit's **canonical** SMILES. A flow over a
+    :class:`Vocabulary` with this tokeniser therefore generates SELFIES while everything around it (data,
+    metrics, the genetic operators, the oracle) speaks SMILES.
+
+    SELFIES is a grammar in which **every** token sequence derives a molecule: a bond or a ring that would
+    break a valence rule is lowered or dropped, a branch or ring token without enough tokens after it reads
+    the next tokens as its size. What can still fail is only the empty molecule: a sequence of tokens that
+    add no atom (``[Ring1]`` alone, or an immediate padding token) decodes to ``""``, which validity counts
+    as invalid. A SMILES that SELFIES cannot encode (a valence above its limits, e.g. some hypervalent or
+    metal atoms) raises ``ValueError`` in :meth:`split`.
+
+    Needs ``selfies`` and RDKit (``pip install 'flowforge[molecules]'``), imported when first used.
+
+    Example:
+        >>> from flowforge.data.molecules import rdkit_available
+        >>> t = SelfiesTokenizer()
+        >>> t.split("OCC=O") if rdkit_available() else ['[O]', '[C]', '[C]', '[=O]']
+        ['[O]', '[C]', '[C]', '[=O]']
+        >>> t.join(["[C]", "[C]", "[O]"]) if rdkit_available() else "CCO"
+        'CCO'
+        >>> t.join(["[O]", "[=C]", "[Ring1]"]) if rdkit_available() else "C=O"
+        'C=O'
+    """
+
+    name = "selfies"
+
+    @staticmethod
+    def _selfies():
+        try:
+            import selfies
+        except ImportError:
+            raise ImportError(
+                "SelfiesTokenizer needs the selfies package, which is not installed; install it with: "
+                "pip install 'flowforge[molecules]' (or pip install selfies)"
+            ) from None
+        return selfies
+
+    def split(self, text: str) -> list[str]:
+        """The SELFIES tokens of the SMILES ``text``; raises ``ValueError`` if SELFIES cannot encode it."""
+        sf = self._selfies()
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"cannot encode {text!r} as SELFIES: give a non-empty SMILES string")
+        try:
+            encoded = sf.encoder(text, strict=True)
+        except sf.EncoderError as e:
+            raise ValueError(
+                f"cannot encode {text!r} as SELFIES ({str(e).splitlines()[0]}); fix the SMILES or drop it "
+                "(SELFIES refuses atoms above its valence limits), or use SmilesTokenizer()"
+            ) from None
+        if encoded is None:
+            raise ValueError(f"cannot encode {text!r} as SELFIES; fix the SMILES or drop it")
+        return list(sf.split_selfies(encoded))
+
+    def join(self, tokens: Iterable[str]) -> str:
+        """RDKit's canonical SMILES of the SELFIES ``tokens`` (``""`` for the empty molecule)."""
+        sf = self._selfies()
+        from flowforge.data.molecules import canonical
+
+        try:
+            smiles = sf.decoder("".join(tokens))
+        except sf.DecoderError:
+            return ""
+        if not smiles:
+            return ""
+        out = canonical(smiles)
+        return smiles if out is None else out
+
+    def __repr__(self) -> str:
+        return "SelfiesTokenizer()"
+
+
 #: Tokeniser classes by the name stored in a vocabulary's JSON (:meth:`Vocabulary.from_dict`).
-TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "smiles": SmilesTokenizer}
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "smiles": SmilesTokenizer, "selfies": SelfiesTokenizer}
 
 _TOO_LONG = ("raise", "drop")
 
@@ -165,7 +243,11 @@ class Vocabulary:
         ['ba', 'a']
     """
 
-    def __init__(self, tokens: Sequence[str], tokenizer: CharTokenizer | SmilesTokenizer | None = None):
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        tokenizer: CharTokenizer | SmilesTokenizer | SelfiesTokenizer | None = None,
+    ):
         tokens = list(tokens)
         if PAD in tokens:
             raise ValueError(f"tokens must not contain the padding token {PAD!r}; it is added as id 0")
@@ -185,7 +267,7 @@ class Vocabulary:
     def build(
         cls,
         strings: Iterable[str],
-        tokenizer: CharTokenizer | SmilesTokenizer | None = None,
+        tokenizer: CharTokenizer | SmilesTokenizer | SelfiesTokenizer | None = None,
         *,
         extra: Iterable[str] = (),
     ) -> Vocabulary:
@@ -193,7 +275,7 @@ class Vocabulary:
 
         Args:
             strings: the corpus; each string is split with ``tokenizer``.
-            tokenizer: :class:`CharTokenizer` (default) or :class:`SmilesTokenizer`.
+            tokenizer: :class:`CharTokenizer` (default), :class:`SmilesTokenizer` or :class:`SelfiesTokenizer`.
             extra: tokens to add although the corpus lacks them (e.g. those a later data set needs).
 
         Example:

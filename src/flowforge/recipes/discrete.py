@@ -1,5 +1,5 @@
 """Token flows: ``expr-uniform``, ``expr-masked``, ``tokens-uniform``, ``tokens-masked``, ``smiles-uniform``,
-``smiles-masked``, ``moses-uniform``.
+``smiles-masked``, ``selfies-uniform``, ``selfies-masked``, ``moses-uniform``.
 
 Discrete flow matching (Gat et al., 2024) on fixed-length token sequences padded with ``<pad>`` (id 0),
 which the model generates like any token. The source is uniform over the vocabulary (InVirtuoGen) or
@@ -11,7 +11,8 @@ length (``flowforge sample RUN --steps 64 --temperature 1 --corrector 0 --out FI
 Data: ``expr`` (arithmetic expressions the package generates; a strict parser checks validity; needs no
 file), a user's ``--data FILE.txt`` (one sequence a line, characters as tokens) or ``FILE.smi``
 (``tokens-*``; without ``--data`` they train on ``expr``), RDKit's bundled ``NCI/first_5K.smi``
-(``smiles-*``, ``pip install 'flowforge[molecules]'``) and MOSES (``moses-uniform``, ``pip install
+(``smiles-*`` as SMILES tokens; ``selfies-*`` as SELFIES tokens, decoded back to canonical SMILES, so every
+sample but the empty one is a valid molecule; ``pip install 'flowforge[molecules]'``) and MOSES (``moses-uniform``, ``pip install
 --no-deps molsets``). The vocabulary is saved in the run's config. ``eval`` metrics: ``validity``,
 ``uniqueness``, ``novelty`` (against the training split), ``bpt`` (ELBO bits per token of held-out
 sequences, an upper bound), and for molecules ``internal_diversity``, ``qed``, ``sa``, ``fcd``.
@@ -25,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +66,31 @@ def _split(strings: list[str], n_test: int, seed: int) -> tuple[list[str], list[
 
 
 def corpus(config: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The run's ``(train, test)`` strings; the same config gives the same split (no RNG of the run)."""
+    """The run's ``(train, test)`` strings; the same config gives the same split (no RNG of the run).
+
+    With ``tokenizer=selfies`` the molecules SELFIES cannot encode are dropped from both splits (a warning
+    counts them); the other tokenisers raise on a string they cannot split.
+    """
+    train, test = _corpus(config)
+    if config.get("tokenizer") != "selfies":
+        return train, test
+    tok = TOKENIZERS["selfies"]()
+
+    def ok(s: str) -> bool:
+        try:
+            tok.split(s)
+        except ValueError:
+            return False
+        return True
+
+    kept = [s for s in train if ok(s)], [s for s in test if ok(s)]
+    dropped = len(train) + len(test) - len(kept[0]) - len(kept[1])
+    if dropped:
+        warnings.warn(f"dropped {dropped} molecules that SELFIES cannot encode", stacklevel=2)
+    return kept
+
+
+def _corpus(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     name, n_train, n_test = config["dataset"], int(config["n_train"]), int(config["n_test"])
     seed = int(config.get("data_seed", 0))
     if name == "file" and not config.get("data_file"):
@@ -287,6 +313,11 @@ _SETS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
         {"dataset": "nci", "tokenizer": "smiles", "max_length": 64, "n_test": 500, "eval_n": 1000},
         ("uniform", "masked"),
         "RDKit's NCI first 5K molecules as SMILES tokens (needs flowforge[molecules])",
+    ),
+    "selfies": (
+        {"dataset": "nci", "tokenizer": "selfies", "max_length": 64, "n_test": 500, "eval_n": 1000},
+        ("uniform", "masked"),
+        "RDKit's NCI first 5K molecules as SELFIES tokens, sampled as SMILES (needs flowforge[molecules])",
     ),
     "moses": (
         {"dataset": "moses", "tokenizer": "smiles", "max_length": 64, "n_train": 200_000, "n_test": 10_000},

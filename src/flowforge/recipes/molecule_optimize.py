@@ -1,5 +1,9 @@
 """``smiles-optimize``: property optimisation of a trained ``smiles-uniform`` run (InVirtuoGen's GA + PPO).
 
+The base can equally be a ``selfies-uniform`` run (``--set init_from=runs/selfies-uniform``): its vocabulary
+turns the GA's SMILES prompts into SELFIES tokens and decodes samples back to SMILES, so nearly every
+sample is a valid molecule.
+
 ::
 
     flowforge train smiles-uniform --out runs/smiles-uniform

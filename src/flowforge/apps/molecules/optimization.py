@@ -142,8 +142,11 @@ def optimize(
 
     Args:
         model: a :class:`~flowforge.discrete.DiscreteFlowMatching` over ``vocab``'s ids (e.g. a trained
-            ``smiles-uniform`` run).
-        vocab: the run's :class:`~flowforge.data.tokens.Vocabulary` (``<pad>`` = id 0 ends a SMILES).
+            ``smiles-uniform`` or ``selfies-uniform`` run).
+        vocab: the run's :class:`~flowforge.data.tokens.Vocabulary` (``<pad>`` = id 0 ends a sequence). It is
+            the one seam between the flow's tokens and the SMILES that the GA, the oracle and the prompts
+            use: ``vocab.decode`` gives SMILES, ``vocab.tokenize(smiles)`` the flow's ids (with a
+            :class:`~flowforge.data.tokens.SelfiesTokenizer`, SELFIES tokens in between).
         oracle: an :class:`~.oracle.Oracle`, or a reward (``"qed"``, ``"module:function"``, a callable) that
             is wrapped in one with ``budget`` calls.
         budget: oracle calls; with an :class:`~.oracle.Oracle` it must match the oracle's (or be None).
