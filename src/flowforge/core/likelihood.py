@@ -150,6 +150,25 @@ def divergence(
 _divergence = divergence  # `log_prob` has a keyword argument of the same name
 
 
+def _draw_probes(
+    divergence: str, n_probes: int, generator: torch.Generator | None, x1: Tensor
+) -> Tensor | None:
+    """Hutchinson probes ``(n_probes, B, *event)`` (Gaussian or Rademacher); ``None`` for the exact divergence."""
+    if divergence == "exact":
+        return None
+    if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
+        raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
+    if generator is None:
+        raise ValueError(
+            f"divergence={divergence!r} draws random probes: pass generator=torch.Generator()"
+            ".manual_seed(0), or use divergence='exact'"
+        )
+    shape = (int(n_probes), *x1.shape)
+    if divergence == "hutchinson-gaussian":
+        return torch.randn(shape, generator=generator, dtype=x1.dtype, device=x1.device)
+    return torch.randint(0, 2, shape, generator=generator, device=x1.device).to(x1.dtype) * 2 - 1
+
+
 def log_prob(
     f: VelocityField,
     x1: Tensor,
@@ -221,20 +240,7 @@ def log_prob(
 
     b, event = x1.shape[0], x1.shape[1:]
     d = math.prod(event)
-    probes = None
-    if divergence != "exact":
-        if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
-            raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
-        if generator is None:
-            raise ValueError(
-                f"divergence={divergence!r} draws random probes: pass generator=torch.Generator()"
-                ".manual_seed(0), or use divergence='exact'"
-            )
-        shape = (int(n_probes), *x1.shape)
-        if divergence == "hutchinson-gaussian":
-            probes = torch.randn(shape, generator=generator, dtype=x1.dtype, device=x1.device)
-        else:
-            probes = torch.randint(0, 2, shape, generator=generator, device=x1.device).to(x1.dtype) * 2 - 1
+    probes = _draw_probes(divergence, n_probes, generator, x1)
 
     def augmented(z: Tensor, t: Tensor) -> Tensor:
         x = z[:, :d].reshape(b, *event)
@@ -466,20 +472,7 @@ def riemannian_log_prob(
     base = manifold.uniform_log_prob if base_log_prob is None else base_log_prob
     b, event = x1.shape[0], tuple(x1.shape[1:])
     d = math.prod(event)
-    probes = None
-    if divergence != "exact":
-        if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
-            raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
-        if generator is None:
-            raise ValueError(
-                f"divergence={divergence!r} draws random probes: pass generator=torch.Generator()"
-                ".manual_seed(0), or use divergence='exact'"
-            )
-        shape = (int(n_probes), *x1.shape)
-        if divergence == "hutchinson-gaussian":
-            probes = torch.randn(shape, generator=generator, dtype=x1.dtype, device=x1.device)
-        else:
-            probes = torch.randint(0, 2, shape, generator=generator, device=x1.device).to(x1.dtype) * 2 - 1
+    probes = _draw_probes(divergence, n_probes, generator, x1)
 
     def augmented(z: Tensor, t: Tensor) -> Tensor:
         x = z[:, :d].reshape(b, *event)
