@@ -81,6 +81,7 @@ class SelfImprovement(nn.Module):
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.buffer: Tensor | None = None
         self._refreshed_at = 0
+        self.refreshes = 0  # buffer refills so far; each spends ``proposals`` energy evaluations
         self.last_ess: float | None = None
         self.last_log_z: float | None = None
 
@@ -103,6 +104,7 @@ class SelfImprovement(nn.Module):
         self.buffer = out.resample(self.buffer_size, generator).detach()
         self.last_ess, self.last_log_z = out.ess, out.log_z
         self._refreshed_at = int(self.calls)
+        self.refreshes += 1
 
     def loss(self, batch: Any) -> Tensor:
         n, gen, _ = _request(batch)

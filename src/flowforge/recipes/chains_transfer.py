@@ -139,16 +139,13 @@ def self_improve(
     )
     opt = torch.optim.Adam(tuned.parameters(), lr=float(config["si_lr"]))
     g = torch.Generator().manual_seed(10_000 + seed)
-    refreshes = 0
     for _ in range(int(config["si_steps"])):
-        before = si._refreshed_at if si.buffer is not None else -1
         loss = si.loss(BatchRequest(int(config["si_batch"]), g, None))
-        refreshes += si._refreshed_at != before
         opt.zero_grad()
         loss.backward()
         opt.step()
     tuned.eval()
-    tuned.si_evals = refreshes * int(config["si_proposals"])
+    tuned.si_evals = si.refreshes * int(config["si_proposals"])
     return tuned
 
 
