@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--reward", default="qed", help="qed or module:function")
+    p.add_argument("--lr", type=float, default=None, help="PPO learning rate (default: optimize's 1e-5)")
+    p.add_argument("--reinforce-steps", type=int, default=None, help="PPO passes per round (default 5)")
     p.add_argument("--smoke", action="store_true", help="budget 100, seed 0, a tiny base (~50 steps)")
     a = p.parse_args()
     opts: dict = {}
@@ -70,6 +72,10 @@ def main() -> None:
         if a.base == p.get_default("base"):
             a.base = f"runs/benchmarks/property-opt-smoke-base-{a.recipe}"
         opts = dict(SMOKE_OPT)
+    if a.lr is not None:
+        opts["lr"] = a.lr
+    if a.reinforce_steps is not None:
+        opts["reinforce_steps"] = a.reinforce_steps
     torch.set_num_threads(1)
     base = Path(a.base)
     ensure_base(base, a.smoke, a.recipe)
@@ -90,7 +96,7 @@ def main() -> None:
         rows.append(
             (mode, statistics.mean(aucs), sd, statistics.mean(means), statistics.mean(vals), sum(walls))
         )
-    print(f"\nreward {a.reward}, budget {a.budget}, seeds {a.seeds}, base {base}\n")
+    print(f"\nreward {a.reward}, budget {a.budget}, seeds {a.seeds}, base {base}, options {opts}\n")
     print("| mode | top-10 AUC (mean ± sd) | top-10 mean | validity | wall time (s) |")
     print("|---|---|---|---|---|")
     for mode, auc, sd, mean, val, wall in rows:
