@@ -205,19 +205,18 @@ def boltzmann_evaluate(
         target = make_energy(config, override=energy)
         if target.dim != gen.dim:
             raise ValueError(f"the energy takes (B, {target.dim}) points but the run samples (B, {gen.dim})")
-        m = boltzmann_metrics(
-            gen,
-            target,
-            n or config["eval_samples"],
-            torch.Generator().manual_seed(seed),
-            batch_size=2048,
-        )
-        if "ess" in metrics:
-            out["ess"] = m["ess"]
-        if "logz" in metrics:
-            out["logz"] = m["logz"]
-            if "logz_error" in m:
-                out["logz_error"] = m["logz_error"]
+        out |= importance_keys(gen, target, metrics, n or config["eval_samples"], seed, batch_size=2048)
+    return out
+
+
+def importance_keys(
+    gen: Any, target: Energy, metrics: list[str], n: int, seed: int, *, batch_size: int
+) -> dict[str, float]:
+    """The asked-for ``ess`` / ``logz`` (+ ``logz_error`` where log Z is known) of ``n`` proposals of ``gen``."""
+    m = boltzmann_metrics(gen, target, n, torch.Generator().manual_seed(seed), batch_size=batch_size)
+    out = {k: m[k] for k in ("ess", "logz") if k in metrics}
+    if "logz" in metrics and "logz_error" in m:
+        out["logz_error"] = m["logz_error"]
     return out
 
 

@@ -24,8 +24,8 @@ from flowforge.continuous import EquivariantFlowMatching
 from flowforge.core.choices import unknown_choice
 from flowforge.core.equivariant_ot import EquivariantOT
 from flowforge.data.energies import DoubleWell4, Energy, LennardJones13
-from flowforge.metrics.boltzmann import boltzmann_metrics
 from flowforge.nn import EGNN
+from flowforge.recipes.boltzmann import importance_keys
 from flowforge.recipes.registry import Recipe, register
 
 __all__ = ["build_ecnf", "ecnf_data", "ecnf_evaluate", "ecnf_generator"]
@@ -140,19 +140,9 @@ def ecnf_evaluate(
         pts = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: config["nll_points"]]]
         out["nll"] = float(-gen.log_prob(pts.float()).mean())
     if {"ess", "logz"} & set(metrics):
-        m = boltzmann_metrics(
-            gen,
-            _energy(config),
-            n or config["eval_samples"],
-            torch.Generator().manual_seed(seed),
-            batch_size=500,
+        out |= importance_keys(
+            gen, _energy(config), metrics, n or config["eval_samples"], seed, batch_size=500
         )
-        if "ess" in metrics:
-            out["ess"] = m["ess"]
-        if "logz" in metrics:
-            out["logz"] = m["logz"]
-            if "logz_error" in m:
-                out["logz_error"] = m["logz_error"]
     return out
 
 

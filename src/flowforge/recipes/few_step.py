@@ -247,6 +247,28 @@ class StudentHooks:
     def tc(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return _teacher_config(config, self.teacher, self.method)
 
+    def as_recipe(self, data_kind: str, *, run_kind: str) -> Recipe:
+        """The :class:`~flowforge.recipes.Recipe` ``<teacher>-<method>`` (``run_kind``: "distill" or "finetune")."""
+        return Recipe(
+            name=f"{self.teacher}-{self.method.name}",
+            summary=self.method.summary.format(teacher=self.teacher),
+            defaults={"teacher_run": f"runs/{self.teacher}", **self.method.defaults(data_kind)},
+            build=self.build,
+            data=self.data,
+            generator=self.generator,
+            evaluate=self.evaluate,
+            metrics=self.metrics(),
+            sample_options=self.sample_options,
+            sample_kwargs=self.sample_kwargs,
+            eval_options=self.eval_options,
+            reference=self.reference,
+            load_data=self.load_data,
+            default_metrics=self.default_metrics,
+            picture=self.picture if data_kind == "images" else None,
+            kind=run_kind,
+            monitor=self.monitor,
+        )
+
     def data(self, config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         tc = _check_teacher(config, self.teacher)
         config["teacher"] = tc  # the method's data step reads it (and it is saved with the run)
@@ -340,29 +362,7 @@ def add_method(method: FewStepMethod) -> FewStepMethod:
         raise ValueError(f"distillation method {method.name!r} is added twice")
     METHODS[method.name] = method
     for teacher, kind in TEACHERS.items():
-        hooks = StudentHooks(teacher, method)
-        defaults = {"teacher_run": f"runs/{teacher}", **method.defaults(kind)}
-        register(
-            Recipe(
-                name=f"{teacher}-{method.name}",
-                summary=method.summary.format(teacher=teacher),
-                defaults=defaults,
-                build=hooks.build,
-                data=hooks.data,
-                generator=hooks.generator,
-                evaluate=hooks.evaluate,
-                metrics=hooks.metrics(),
-                sample_options=hooks.sample_options,
-                sample_kwargs=hooks.sample_kwargs,
-                eval_options=hooks.eval_options,
-                reference=hooks.reference,
-                load_data=hooks.load_data,
-                default_metrics=hooks.default_metrics,
-                picture=hooks.picture if kind == "images" else None,
-                kind="distill",
-                monitor=hooks.monitor,
-            )
-        )
+        register(StudentHooks(teacher, method).as_recipe(kind, run_kind="distill"))
     return method
 
 

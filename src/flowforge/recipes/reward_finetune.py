@@ -267,27 +267,7 @@ FINETUNE_METHODS: dict[str, FewStepMethod] = {
 
 for _method in FINETUNE_METHODS.values():
     for _base in BASES:
-        _hooks = StudentHooks(_base, _method)
-        register(
-            Recipe(
-                name=f"{_base}-{_method.name}",
-                summary=_method.summary.format(teacher=_base),
-                defaults={"teacher_run": f"runs/{_base}", **_method.defaults("points")},
-                build=_hooks.build,
-                data=_hooks.data,
-                generator=_hooks.generator,
-                evaluate=_hooks.evaluate,
-                metrics=_hooks.metrics(),
-                sample_options=_hooks.sample_options,
-                sample_kwargs=_hooks.sample_kwargs,
-                eval_options=_hooks.eval_options,
-                reference=_hooks.reference,
-                load_data=_hooks.load_data,
-                default_metrics=_hooks.default_metrics,
-                kind="finetune",
-                monitor=_hooks.monitor,
-            )
-        )
+        register(StudentHooks(_base, _method).as_recipe("points", run_kind="finetune"))
 
 
 def finetune_recipe(run: str | os.PathLike[str], method: str) -> str:
