@@ -10,12 +10,14 @@ method                                      file                 what it does
 :class:`Projection`                         ``projection.py``    replace the measured part along the ODE
 :class:`FLAIR`, :func:`velocity_errors`,    ``flair.py``         variational posterior with a flow prior,
 :func:`calibrated_weights`                                       CRW and DTA (Erbach et al., 2025)
+:class:`ClassPosterior`                     ``class_posterior.py`` p(y | measurement) for two-stage sampling
 ==========================================  ===================  ==============================================
 
 Exact posteriors for tests: :class:`flowforge.core.gaussian_mixture.GaussianMixture`.
 Layer: ``inverse`` may import ``core``, ``nn`` and ``continuous``.
 """
 
+from flowforge.inverse.class_posterior import ClassPosterior
 from flowforge.inverse.common import prior_field
 from flowforge.inverse.dps import DPS
 from flowforge.inverse.flair import FLAIR, calibrated_weights, velocity_errors
@@ -34,6 +36,7 @@ from flowforge.inverse.projection import Projection
 
 __all__ = [
     "AvgPoolDownsample",
+    "ClassPosterior",
     "DPS",
     "FLAIR",
     "FunctionOperator",

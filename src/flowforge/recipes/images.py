@@ -37,6 +37,7 @@ from flowforge.core.choices import unknown_choice
 from flowforge.core.guidance import RAAG, ConstantGuidance, IntervalGuidance
 from flowforge.data import dequantize, load_array, load_digits, load_mnist, quantize
 from flowforge.data.semantic import SEG_CLASSES, semantic_agreement, semantic_map
+from flowforge.inverse import ClassPosterior
 from flowforge.nn import DiT, MMDiT, UNet
 from flowforge.recipes.common import image_picture, sample_grid_monitor
 from flowforge.recipes.flows2d import DISTANCES, PATHS, TIME_SAMPLERS
@@ -170,8 +171,13 @@ def build_image_fm(config: dict[str, Any]) -> FlowMatching:
         from flowforge.recipes.run_folder import load_run
 
         start, _ = load_run(init)
+        state = start.state_dict()
         try:
-            model.load_state_dict(start.state_dict())
+            if "net.label.weight" in model.state_dict() and "net.label.weight" not in state:
+                # an unconditional run grows a class embedding: zero rows add nothing to the time
+                # embedding, so the fine-tune starts from exactly the unconditional model
+                state["net.label.weight"] = torch.zeros_like(model.state_dict()["net.label.weight"])
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(
                 f"init_from={init}: its network does not fit this run's ({str(e).splitlines()[0]}); "
@@ -180,7 +186,7 @@ def build_image_fm(config: dict[str, Any]) -> FlowMatching:
     return model
 
 
-def _mask_kinds(config: dict[str, Any]) -> tuple[str, ...]:
+def mask_kinds(config: dict[str, Any]) -> tuple[str, ...]:
     """``mask_kinds`` such as ``box-half-strokes`` (equal shares) or ``half-half-box-strokes``."""
     kinds = tuple(str(config.get("mask_kinds", "box-half-strokes")).split("-"))
     bad = [k for k in kinds if k not in M.KINDS]
@@ -206,7 +212,7 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     task = _task(config)
     seg = semantic_map(x, y, int(config["seg_size"]), levels=levels) if task == "semantic" else None
     drop_context = float(config.get("context_dropout", 0.0))
-    kinds = _mask_kinds(config) if task == "inpaint" else M.KINDS
+    kinds = mask_kinds(config) if task == "inpaint" else M.KINDS
     if (
         config.get("init_from")
         and not (Path(str(config["init_from"])).expanduser() / "config.json").is_file()
@@ -224,7 +230,8 @@ def image_fm_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             if drop_context > 0:  # "nothing known" (all-zero extra channels): the null of context guidance
                 drop = torch.rand(batch_size, generator=generator) < drop_context
                 mask = torch.where(drop[:, None, None, None], torch.zeros_like(mask), mask)
-            return {"x": xb, "extra": M.inpaint_extra(xb, mask)}
+            out = {"x": xb, "extra": M.inpaint_extra(xb, mask)}
+            return {**out, "y": y[idx]} if config["conditional"] else out
         if task == "semantic":
             sb = seg[idx]
             drop = torch.rand(batch_size, generator=generator) < config["label_dropout"]
@@ -344,10 +351,9 @@ def image_fm_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int
     if task == "semantic":
         out["cond"] = {"seg": _test_maps(config, n, given.get("label"))[0]}
         out.update(_guide(config, given))
-    elif config.get("conditional"):
-        out["cond"] = {"y": _balanced_labels(n, given.get("label"))}
-        out.update(_guide(config, given))
-    elif task == "inpaint":  # the condition (the kept pixels) comes with each call
+    elif (
+        task == "inpaint"
+    ):  # the condition (kept pixels, and a class for conditional runs) comes with each call
         guide = _guide(config, given)
         if guide and not float(config.get("context_dropout", 0.0)) > 0:
             raise ValueError(
@@ -355,6 +361,9 @@ def image_fm_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int
                 "flowforge train mnist-inpaint --set context_dropout=0.1"
             )
         out.update(guide)
+    elif config.get("conditional"):
+        out["cond"] = {"y": _balanced_labels(n, given.get("label"))}
+        out.update(_guide(config, given))
     return out
 
 
@@ -424,6 +433,37 @@ def image_metrics_of(
     return {k: float(v) for k, v in res.items()}
 
 
+def inpaint_cond(
+    config: dict[str, Any], known: Tensor, mask: Tensor, generator: torch.Generator
+) -> dict[str, Tensor]:
+    """What the fill is conditioned on: the kept pixels and the mask (``extra``), and for a class-conditional
+    run (``conditional=true``) a class ``y``: drawn from the class-posterior run ``class_from``
+    (:class:`~flowforge.inverse.ClassPosterior`, ``y ~ p(y | kept)^(1/class_temperature)``: two-stage
+    posterior sampling), or the null label when no ``class_from`` is given (the unconditional fill)."""
+    extra = M.inpaint_extra(known, mask)
+    if not config.get("conditional"):
+        return {"extra": extra}
+    source = str(config.get("class_from") or "")
+    if not source:
+        return {"extra": extra, "y": torch.full((len(extra),), N_CLASSES, dtype=torch.long)}
+    from flowforge.recipes.run_folder import load_run
+
+    folder = Path(source).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"class_from={source}: no run folder there; train one with flowforge train mnist-class-posterior "
+            "--out runs/mnist-class-posterior and pass --set class_from=runs/mnist-class-posterior"
+        )
+    post, post_config = load_run(folder)
+    if not isinstance(post, ClassPosterior):
+        raise ValueError(
+            f"class_from={source} is a {post_config.get('recipe')!r} run; give a mnist-class-posterior run"
+        )
+    post.eval()
+    y = post.sample(extra, generator=generator, temperature=float(config.get("class_temperature", 1.0)))
+    return {"extra": extra, "y": y}
+
+
 def _inpaint_eval(
     gen: ImageFlowGenerator, config: dict[str, Any], x: Tensor, y: Tensor, n: int, seed: int, **kw: Any
 ) -> dict[str, Any]:
@@ -440,7 +480,7 @@ def _inpaint_eval(
     )
     raw = torch.cat(
         [
-            gen.sample_unit(len(kc), cond={"extra": M.inpaint_extra(kc, mc)}, generator=g, **kw)
+            gen.sample_unit(len(kc), cond=inpaint_cond(config, kc, mc, g), generator=g, **kw)
             for kc, mc in zip(known.split(500), mask.split(500), strict=True)
         ]
     )
@@ -582,12 +622,8 @@ def image_fm_inpaint(
     kwargs = image_fm_sample_kwargs(config, options, len(image))
     known = bin_centres(image, int(config["levels"]))
     mask = (~hole).float()
-    raw = gen.sample_unit(
-        len(image),
-        cond={"extra": M.inpaint_extra(known, mask)},
-        generator=torch.Generator().manual_seed(seed),
-        **kwargs,
-    )
+    g = torch.Generator().manual_seed(seed)
+    raw = gen.sample_unit(len(image), cond=inpaint_cond(config, known, mask, g), generator=g, **kwargs)
     return _requantize(raw, image, mask, int(config["levels"]))
 
 
@@ -747,6 +783,8 @@ register(
             "context_dropout": 0.1,
             "mask_kinds": "box-half-strokes",
             "init_from": "",
+            "class_from": "",
+            "class_temperature": 1.0,
         },
         ("known", "fill_acc"),
     )
