@@ -120,6 +120,8 @@ def inpaint(args: argparse.Namespace) -> None:
     from flowforge.recipes.images import _inpaint_eval, image_fm_generator, image_fm_sample_kwargs, image_set
 
     model, config = load_run(args.runs[0])
+    if args.class_from:  # two-stage sampling: y ~ p(y | kept)^(1/tau), then the class-conditional fill
+        config = {**config, "class_from": args.class_from, "class_temperature": args.class_temperature}
     guided = float(config.get("context_dropout", 0.0)) > 0
     settings = (
         [(int(a), float(b)) for a, b in (v.split(":") for v in args.settings)]
@@ -133,7 +135,8 @@ def inpaint(args: argparse.Namespace) -> None:
         given = {"steps": steps, **({"guidance": w} if w != 1.0 else {})}
         kw = image_fm_sample_kwargs(config, given, len(x))
         res = _inpaint_eval(image_fm_generator(model, config), config, x, y, len(x), args.seed, **kw)
-        rows.append({"first": args.first, "n": len(x), "steps": steps, "context guidance": w, **res})
+        tau = {"class temperature": args.class_temperature} if args.class_from else {}
+        rows.append({"first": args.first, "n": len(x), "steps": steps, "context guidance": w, **tau, **res})
         print(rows[-1], flush=True)
     if args.first == 0 and not args.settings:
         rows.append({"steps": 0, "context guidance": "1-NN fill (reference)", **_nn_fill(args)})
@@ -317,6 +320,8 @@ def main() -> None:
     p.add_argument("--settings", nargs="*", help="inpaint: STEPS:W entries (Euler steps, context guidance)")
     p.add_argument("--first", type=int, default=0, help="inpaint: index of the first test image")
     p.add_argument("--seed", type=int, default=0, help="inpaint: seed of the sides and the noise")
+    p.add_argument("--class-from", default="", help="inpaint: a mnist-class-posterior run (two-stage fills)")
+    p.add_argument("--class-temperature", type=float, default=1.0, help="inpaint: its temperature tau")
     p.add_argument("--grid", nargs="*", help="nfe: SOLVER:STEPS entries (default: the full grid)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
