@@ -52,7 +52,14 @@ class Wave(nn.Module):
 def _model(potentials, c_init=1.0, max_step=None, steps=4):
     dec = BlobDecoder(size=8, bend=0.5, seed=0)
     pf = PotentialFlowTraversal(
-        dec, 4, len(potentials), steps, potentials=potentials, c_init=c_init, max_step=max_step, classifier_width=8
+        dec,
+        4,
+        len(potentials),
+        steps,
+        potentials=potentials,
+        c_init=c_init,
+        max_step=max_step,
+        classifier_width=8,
     )
     pf = pf.double()
     with torch.no_grad():
@@ -99,7 +106,7 @@ def test_exact_laplacian_of_an_mlp_matches_the_hessian_trace():
     tau = torch.rand(3, dtype=D)
     lap = pf.laplacian(1, z, tau, method="exact")
     for b in range(3):
-        h = torch.func.hessian(lambda v: pf.potential(1, v[None], tau[b : b + 1])[0])(z[b])
+        h = torch.func.hessian(lambda v, tb=tau[b : b + 1]: pf.potential(1, v[None], tb)[0])(z[b])
         assert torch.allclose(lap[b], torch.trace(h), atol=1e-10)
 
 
@@ -271,11 +278,19 @@ def test_blobs_traversal_recipe_trains_and_evaluates(tmp_path):
     over = {"eval_samples": 64, "width": 16, "classifier_width": 16, "batch_size": 16, "traverse_steps": 3}
     for method in ("potential", "linear"):
         out = tmp_path / method
-        train_recipe("blobs-traversal", overrides={**over, "method": method}, out=out, steps=3, progress=False)
+        train_recipe(
+            "blobs-traversal", overrides={**over, "method": method}, out=out, steps=3, progress=False
+        )
         res = evaluate(out)
         assert set(get_recipe("blobs-traversal").default_metrics) <= set(res)
         assert 0.25 <= res["purity"] <= 1.0 and res["purity_oracle"] > 0.95
         assert math.isclose(res["step_norm"], 0.3, rel_tol=1e-4) or method == "potential"
         assert sample(out, 2).shape == (2, 4, 4, 1, 16, 16)
     with pytest.raises(ValueError, match="method"):
-        train_recipe("blobs-traversal", overrides={**over, "method": "pde"}, out=tmp_path / "x", steps=1, progress=False)
+        train_recipe(
+            "blobs-traversal",
+            overrides={**over, "method": "pde"},
+            out=tmp_path / "x",
+            steps=1,
+            progress=False,
+        )

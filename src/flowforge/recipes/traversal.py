@@ -145,7 +145,9 @@ def traversal_evaluate(
     """Purity and factor gap of the trained traversals and of the PCA / random / oracle references."""
     decoder: BlobDecoder = model.decoder
     steps, eps, k = model.steps, float(config["max_step"]), model.num_traversals
-    codes = decoder.sample_codes(int(n or config["eval_samples"]), generator=torch.Generator().manual_seed(10_000 + seed))
+    codes = decoder.sample_codes(
+        int(n or config["eval_samples"]), generator=torch.Generator().manual_seed(10_000 + seed)
+    )
     was = model.training
     model.eval()
     res = evaluate_traversals(model, decoder.factors, codes)
@@ -156,7 +158,9 @@ def traversal_evaluate(
     refs = {
         "pca": FixedDirections(pca_directions(fit, min(k, decoder.latent_dim)), steps, eps),
         "random": FixedDirections(
-            random_directions(k, decoder.latent_dim, generator=torch.Generator().manual_seed(30_000 + seed)), steps, eps
+            random_directions(k, decoder.latent_dim, generator=torch.Generator().manual_seed(30_000 + seed)),
+            steps,
+            eps,
         ),
         "oracle": FactorOracle(decoder, steps, eps),
     }

@@ -16,7 +16,12 @@ part                                       file                    what it does
 from flowforge.apps.traversal.base import TraversalModel, cap_norm
 from flowforge.apps.traversal.blobs import FACTOR_NAMES, BlobDecoder, render_blobs
 from flowforge.apps.traversal.classifier import PairClassifier
-from flowforge.apps.traversal.directions import FactorOracle, FixedDirections, pca_directions, random_directions
+from flowforge.apps.traversal.directions import (
+    FactorOracle,
+    FixedDirections,
+    pca_directions,
+    random_directions,
+)
 from flowforge.apps.traversal.linear import LinearTraversal
 from flowforge.apps.traversal.potential_flow import PotentialFlowTraversal
 from flowforge.apps.traversal.purity import (

@@ -70,7 +70,9 @@ class TraversalModel(nn.Module):
     ) -> None:
         super().__init__()
         if num_traversals < 2:
-            raise ValueError(f"num_traversals must be >= 2 (the classifier tells them apart), got {num_traversals}")
+            raise ValueError(
+                f"num_traversals must be >= 2 (the classifier tells them apart), got {num_traversals}"
+            )
         if steps < 1:
             raise ValueError(f"steps (T, the length of a traversal) must be >= 1, got {steps}")
         if max_step is not None and max_step <= 0:
@@ -135,7 +137,9 @@ class TraversalModel(nn.Module):
         z = batch[0] if isinstance(batch, tuple | list) else batch
         z = self._check_z(z)
         if z.shape[0] < self.num_traversals:
-            raise ValueError(f"batch of {z.shape[0]} codes is smaller than K={self.num_traversals}; raise batch_size")
+            raise ValueError(
+                f"batch of {z.shape[0]} codes is smaller than K={self.num_traversals}; raise batch_size"
+            )
         total = z.new_zeros(())
         ce_sum, jvp_sum, acc_sum, own_terms = 0.0, 0.0, 0.0, {}
         for k, chunk in enumerate(z.chunk(self.num_traversals)):

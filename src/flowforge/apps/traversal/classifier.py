@@ -34,7 +34,9 @@ class PairClassifier(nn.Module):
         depth: number of hidden layers.
     """
 
-    def __init__(self, image_shape: tuple[int, ...], num_traversals: int, width: int = 128, depth: int = 2) -> None:
+    def __init__(
+        self, image_shape: tuple[int, ...], num_traversals: int, width: int = 128, depth: int = 2
+    ) -> None:
         super().__init__()
         if num_traversals < 2 or width < 1 or depth < 1:
             raise ValueError(

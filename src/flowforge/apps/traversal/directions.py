@@ -29,7 +29,9 @@ __all__ = ["FactorOracle", "FixedDirections", "pca_directions", "random_directio
 def pca_directions(codes: Tensor, k: int) -> Tensor:
     """The top-``k`` principal axes ``(k, D)`` (unit rows, by decreasing variance) of codes ``(N, D)``."""
     if codes.dim() != 2 or not 1 <= k <= codes.shape[1] or codes.shape[0] < 2:
-        raise ValueError(f"pca_directions needs codes (N >= 2, D) and 1 <= k <= D; got {tuple(codes.shape)}, k={k}")
+        raise ValueError(
+            f"pca_directions needs codes (N >= 2, D) and 1 <= k <= D; got {tuple(codes.shape)}, k={k}"
+        )
     x = codes - codes.mean(0)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     return vh[:k]

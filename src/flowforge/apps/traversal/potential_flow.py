@@ -113,13 +113,17 @@ class PotentialFlowTraversal(TraversalModel):
             jvp_weight=jvp_weight,
         )
         if laplacian not in _LAPLACIANS:
-            raise ValueError(f"unknown laplacian {laplacian!r}; write laplacian='hutchinson' or laplacian='exact'")
+            raise ValueError(
+                f"unknown laplacian {laplacian!r}; write laplacian='hutchinson' or laplacian='exact'"
+            )
         if int(n_probes) < 1:
             raise ValueError(f"n_probes must be >= 1 Hutchinson probes, got {n_probes}")
         if potentials is None:
             potentials = [MLP(self.latent_dim, width, depth, out_dim=1) for _ in range(self.num_traversals)]
         elif len(potentials) != self.num_traversals:
-            raise ValueError(f"give one potential per traversal: {self.num_traversals}, got {len(potentials)}")
+            raise ValueError(
+                f"give one potential per traversal: {self.num_traversals}, got {len(potentials)}"
+            )
         self.potentials = nn.ModuleList(potentials)
         self.log_c = nn.Parameter(torch.full((self.num_traversals,), float(c_init)).log())
         self.laplacian_method, self.n_probes = laplacian, int(n_probes)
@@ -150,7 +154,9 @@ class PotentialFlowTraversal(TraversalModel):
         r""":math:`\Delta_z u_k(z, \tau)`, ``(B,)``, with its graph: exact, or Hutchinson with ``probes (P, B, D)``."""
         if method not in _LAPLACIANS:
             raise ValueError(f"unknown laplacian {method!r}; write method='hutchinson' or method='exact'")
-        field: Callable[[Tensor, Tensor], Tensor] = lambda x, t: self.grad_potential(k, x, t, create_graph=True)  # noqa: E731
+        field: Callable[[Tensor, Tensor], Tensor] = lambda x, t: self.grad_potential(
+            k, x, t, create_graph=True
+        )  # noqa: E731
         z = z if z.requires_grad else z.detach().requires_grad_(True)
         div_method = "exact" if method == "exact" else "hutchinson-rademacher"
         _, lap = divergence(field, z, tau, div_method, probes, create_graph=True)
@@ -180,7 +186,9 @@ class PotentialFlowTraversal(TraversalModel):
     def step(self, k: int, z: Tensor, t: int, *, create_graph: bool = False) -> Tensor:
         r"""The gradient step :math:`\nabla_z u_k(z_t, \tau_t)` (capped at ``max_step``)."""
         tau = self.time_of(t, z.shape[0], z)
-        return cap_norm(self.grad_potential(self._check_k(k), z, tau, create_graph=create_graph), self.max_step)
+        return cap_norm(
+            self.grad_potential(self._check_k(k), z, tau, create_graph=create_graph), self.max_step
+        )
 
     def own_loss(self, k: int, z: Tensor) -> tuple[Tensor, dict[str, float]]:
         """PDE residual (Hutchinson or exact Laplacian) and initial condition on the chunk's codes."""
