@@ -285,7 +285,9 @@ def test_blobs_traversal_recipe_trains_and_evaluates(tmp_path):
         assert set(get_recipe("blobs-traversal").default_metrics) <= set(res)
         assert 0.25 <= res["purity"] <= 1.0 and res["purity_oracle"] > 0.95
         assert math.isclose(res["step_norm"], 0.3, rel_tol=1e-4) or method == "potential"
-        assert sample(out, 2).shape == (2, 4, 4, 1, 16, 16)
+        images = sample(out, 2)
+        assert images.shape == (2, 4, 4, 1, 16, 16)
+        assert get_recipe("blobs-traversal").picture(images, {}).shape == (32, 1, 16, 16)
     with pytest.raises(ValueError, match="method"):
         train_recipe(
             "blobs-traversal",

@@ -22,7 +22,8 @@ mean over factors of the top-two share gap), ``coverage``, ``step_norm``, ``fact
 ``accuracy`` (the pair classifier's) and the same ``purity_*``/``factor_gap_*`` for the untrained
 references with the same step length and count: ``pca`` (principal axes of the codes), ``random``
 (random directions: the noise floor) and ``oracle`` (steps along one true factor: the ceiling).
-``sample`` returns traversal images ``(n, K, T + 1, 1, size, size)``.
+``sample`` returns traversal images ``(n, K, T + 1, 1, size, size)`` (``--out grid.png``: one row a
+traversal, its first 8 frames).
 
 Example:
     >>> from flowforge.recipes import get_recipe
@@ -128,6 +129,12 @@ class TraversalImages:
         return images.reshape(*path.shape[:3], *images.shape[1:])
 
 
+def traversal_picture(samples: Any, config: dict[str, Any]) -> Any:
+    """The first 8 frames of every traversal as ``(n K 8, 1, H, W)`` images in ``[-1, 1]``: one row a traversal."""
+    frames = samples[:, :, :8]
+    return frames.reshape(-1, *frames.shape[3:]) * 2 - 1
+
+
 def traversal_generator(model: nn.Module, config: dict[str, Any]) -> TraversalImages:
     return TraversalImages(model)
 
@@ -214,6 +221,7 @@ register(
         evaluate=traversal_evaluate,
         metrics=TRAVERSAL_METRICS,
         default_metrics=TRAVERSAL_METRICS,
+        picture=traversal_picture,
         kind="application",
     )
 )
