@@ -4,6 +4,8 @@
   genetic algorithm + PPO), PMO-style oracle budgets and top-10 AUC.
 - :mod:`flowforge.apps.turbulence`: a pseudo-spectral 2-D Navier-Stokes solver, storage of turbulent fields
   by downsampling and their decoders (bicubic, spectral, wavelet, SR-GAN, conditional flow matching).
+- :mod:`flowforge.apps.traversal`: latent traversals as wave-equation potential flows (Song et al., ICML 2023)
+  on a blob decoder with known factors, against linear / PCA directions, scored by traversal purity.
 
 Layer: ``apps`` may import ``core``, ``nn``, the families, ``data`` and ``metrics``.
 """
