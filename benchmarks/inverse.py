@@ -386,6 +386,7 @@ def trace(field, crw: Tensor, lat, a) -> None:
             )
             runs["latent, no cap"] = FLAIR(lfield, op, **kw)
         rec: dict[str, list] = {}
+        final: dict[str, str] = {}
         for name, f in runs.items():
             rows: list = []
 
@@ -393,21 +394,20 @@ def trace(field, crw: Tensor, lat, a) -> None:
                 pull = f.reg_lr * f.weight(t) / (1 - t)
                 rows.append((t, pull, float(mu.square().mean().sqrt()), float(step.square().mean().sqrt())))
 
-            f(y, generator=torch.Generator().manual_seed(a.seed + 1000), callback=cb)
+            out = f(y, generator=torch.Generator().manual_seed(a.seed + 1000), callback=cb).clamp(-1, 1)
             rec[name] = rows
+            psnr = float((10 * torch.log10(1 / ((out - x) / 2).square().mean((1, 2, 3)))).mean())
+            final[name] = f"{psnr:.2f} dB, resid {float((op.forward(out) - y).square().mean().sqrt()):.3f}"
         print(f"\n## trace, {kind}: rms(mu) / rms(regulariser step) against t ({a.images} test images)")
         names = list(rec)
         print("| t | pull (pixel) | " + " | ".join(names) + " |")
         print("|---" * (2 + len(names)) + "|")
-        for j in range(0, a.flair_steps, max(1, a.flair_steps // 12)):
+        for j in range(a.flair_steps):
+            if j % max(1, a.flair_steps // 10) and rec[names[0]][j][1] < 1.8 and j != a.flair_steps - 1:
+                continue
             cells = [f"{rec[n][j][2]:.3g} / {rec[n][j][3]:.3g}" for n in names]
-            print(f"| {rec[names[0]][j][0]:.2f} | {rec[names[0]][j][1]:.2f} | " + " | ".join(cells) + " |")
-        j = a.flair_steps - 1
-        cells = [f"{rec[n][j][2]:.3g} / {rec[n][j][3]:.3g}" for n in names]
-        print(
-            f"| {rec[names[0]][j][0]:.2f} | {rec[names[0]][j][1]:.2f} | " + " | ".join(cells) + " |",
-            flush=True,
-        )
+            print(f"| {rec[names[0]][j][0]:.3f} | {rec[names[0]][j][1]:.2f} | " + " | ".join(cells) + " |")
+        print("| final PSNR, residual | | " + " | ".join(final[n] for n in names) + " |", flush=True)
 
 
 def main() -> None:

@@ -235,9 +235,10 @@ class FLAIR:
             worst = max(pulls)
             warnings.warn(
                 f"FLAIR's regulariser pull reg_lr * w(t) / (1 - t) reaches {worst:.2f} > 2 at "
-                f"t = {self.times()[pulls.index(worst)]:.2f}; over the pass the steps with pulls > 2 amplify errors "
-                f"in directions the prior pins down {amplification:.0f}-fold (it diverges; FLAIR's SD3 table has "
-                "pulls <= 1.52); pass max_pull=1.0 or smaller weights",
+                f"t = {self.times()[pulls.index(worst)]:.2f}: the steps with pulls > 2 overshoot and amplify errors "
+                f"up to {amplification:.0f}-fold in directions the prior pins down (variance << (1-t)^2/t^2; MNIST's "
+                "constant background: it diverges); FLAIR's SD3 table keeps pulls <= 1.52. Pass max_pull=1.0 "
+                "(not in FLAIR) or smaller weights if restorations blow up",
                 stacklevel=2,
             )
 
