@@ -196,6 +196,56 @@ def mnist_operator(kind: str, n: int, seed: int):
 OP_NORM2 = {"inpaint": 1.0, "sr4": 1.0 / 16.0, "blur": 1.0}  # ||A||^2
 
 
+def latent_prior(run: str):
+    """A latent run (flow matching on KL-autoencoder latents): its model and the inner flow's null-label velocity."""
+    from flowforge.recipes import load_run
+
+    model, config = load_run(run)
+    null = int(model.inner.null_label)
+
+    def field(z: Tensor, t: Tensor) -> Tensor:
+        return model.inner.velocity(z, t, y=torch.full((z.shape[0],), null, dtype=torch.long))
+
+    return model, field
+
+
+def latent_methods(
+    lm, field, kind: str, crw: Tensor, steps: dict, zeta: float, flair_lr: float
+) -> dict[str, Callable]:
+    """Latent FLAIR (variational mean in latent space, data term through the decoder) and latent DPS."""
+    lr = flair_lr / OP_NORM2[kind]
+    space = dict(decoder=lm.decode, encoder=lm.encode)
+    common = dict(sigma=NOISE, steps=steps["flair"], data_lr=lr, weights=crw, **space)
+    shape = tuple(lm.inner.event_shape)
+    return {
+        "latent FLAIR as published (no pull cap)": lambda op: FLAIR(field, op, **common, max_pull=None),
+        "latent FLAIR": lambda op: FLAIR(field, op, **common, max_pull=1.0),
+        "latent DPS": lambda op: DPS(
+            field,
+            op,
+            sigma=NOISE,
+            steps=steps["dps"],
+            zeta=zeta / math.sqrt(OP_NORM2[kind]),
+            decoder=lm.decode,
+            latent_shape=shape,
+        ),
+    }
+
+
+def pull_summary(name: str, steps: int, crw: Tensor) -> str:
+    f = FLAIR(
+        lambda x, t: x, MatrixOperator(torch.eye(1)), sigma=NOISE, steps=steps, weights=crw, max_pull=1.0
+    )
+    p = f.pulls()
+    amp = math.prod(max(1.0, abs(1.0 - q)) for q in p)
+    j = p.index(max(p))
+    return (
+        f"{name} CRW: w(0) = {crw[0]:.3f}, max {crw.max():.3f} at t = {int(crw.argmax()) / (len(crw) - 1):.2f}, "
+        f"w(0.8) = {crw[round(0.8 * (len(crw) - 1))]:.3f}; uncapped pull max {p[j]:.2f} at t = {f.times()[j]:.2f}, "
+        f"pinned-direction growth prod max(1, |1 - pull|) = {amp:.3g}"
+    )
+
+
 def mnist_methods(
     field, kind: str, crw: Tensor, steps: dict, zeta: float, flair_lr: float
 ) -> dict[str, Callable]:
@@ -227,6 +277,20 @@ def run_mnist(a) -> list[dict]:
         f"CRW table from {a.calibrate} training images: {time.perf_counter() - t0:.0f} s; "
         f"w(0) = {crw[0]:.3f}, max {crw.max():.3f} at t = {int(crw.argmax()) / 99:.2f}, w(0.8) = {crw[79]:.3f}"
     )
+    print(pull_summary("pixel", a.flair_steps, crw))
+    lat = None
+    if a.latent_run:
+        lm, lfield = latent_prior(a.latent_run)
+        t0 = time.perf_counter()
+        lcrw = calibrated_weights(
+            velocity_errors(lfield, lm.encode(cal), generator=torch.Generator().manual_seed(a.seed + 8))
+        )
+        print(f"latent CRW table: {time.perf_counter() - t0:.0f} s")
+        print(pull_summary("latent", a.flair_steps, lcrw))
+        lat = (lm, lfield, lcrw)
+    if a.trace:
+        trace(field, crw, lat, a)
+        return []
     split = "train" if a.tune else "test"
     x, labels = mnist_data(config, split, a.images, a.seed + (11 if a.tune else 0))
     steps = {"flair": a.flair_steps, "dps": a.dps_steps, "projection": a.proj_steps}
@@ -242,10 +306,12 @@ def run_mnist(a) -> list[dict]:
         measured = float((torch.ones_like(y) * op.noise_support(y)).sum()) / len(y)
         base = {"pinv (A^+ y)": None}
         methods = mnist_methods(field, kind, crw, steps, a.zeta, a.flair_lr)
+        if lat is not None:
+            methods.update(latent_methods(lat[0], lat[1], kind, lat[2], steps, a.latent_zeta, a.latent_lr))
         for label in [m for m in methods if m in a.methods.split(",") or a.methods == "all"] + list(base):
             t0 = time.perf_counter()
             outs = []
-            n_samples = 1 if label.startswith("pinv") or label.endswith("(no pull cap)") else a.samples
+            n_samples = 1 if label.startswith("pinv") else a.samples
             for s in range(n_samples):
                 if label.startswith("pinv"):
                     outs.append(op.pseudo_inverse(y))
@@ -291,6 +357,59 @@ def run_mnist(a) -> list[dict]:
     return rows
 
 
+def trace(field, crw: Tensor, lat, a) -> None:
+    """The divergence traced: rms of mu and of the regulariser step against t, FLAIR uncapped vs capped."""
+    from flowforge.recipes.images import bin_centres, image_set  # noqa: F401
+
+    _, config, _ = mnist_prior(a.run)
+    x, _ = mnist_data(config, "test", a.images, a.seed)
+    for kind in a.operators.split(","):
+        op = mnist_operator(kind, a.images, a.seed + 3)
+        y = op.measure(x, NOISE, generator=torch.Generator().manual_seed(a.seed + 5))
+        lr = a.flair_lr / OP_NORM2[kind]
+        runs = {
+            "pixel, no cap": FLAIR(field, op, sigma=NOISE, steps=a.flair_steps, weights=crw, data_lr=lr),
+            "pixel, cap 1": FLAIR(
+                field, op, sigma=NOISE, steps=a.flair_steps, weights=crw, data_lr=lr, max_pull=1.0
+            ),
+        }
+        if lat is not None:
+            lm, lfield, lcrw = lat
+            llr = a.latent_lr / OP_NORM2[kind]
+            kw = dict(
+                sigma=NOISE,
+                steps=a.flair_steps,
+                weights=lcrw,
+                data_lr=llr,
+                decoder=lm.decode,
+                encoder=lm.encode,
+            )
+            runs["latent, no cap"] = FLAIR(lfield, op, **kw)
+        rec: dict[str, list] = {}
+        final: dict[str, str] = {}
+        for name, f in runs.items():
+            rows: list = []
+
+            def cb(t: float, mu: Tensor, step: Tensor, rows=rows, f=f) -> None:
+                pull = f.reg_lr * f.weight(t) / (1 - t)
+                rows.append((t, pull, float(mu.square().mean().sqrt()), float(step.square().mean().sqrt())))
+
+            out = f(y, generator=torch.Generator().manual_seed(a.seed + 1000), callback=cb).clamp(-1, 1)
+            rec[name] = rows
+            psnr = float((10 * torch.log10(1 / ((out - x) / 2).square().mean((1, 2, 3)))).mean())
+            final[name] = f"{psnr:.2f} dB, resid {float((op.forward(out) - y).square().mean().sqrt()):.3f}"
+        print(f"\n## trace, {kind}: rms(mu) / rms(regulariser step) against t ({a.images} test images)")
+        names = list(rec)
+        print("| t | pull (pixel) | " + " | ".join(names) + " |")
+        print("|---" * (2 + len(names)) + "|")
+        for j in range(a.flair_steps):
+            if j % max(1, a.flair_steps // 10) and rec[names[0]][j][1] < 1.8 and j != a.flair_steps - 1:
+                continue
+            cells = [f"{rec[n][j][2]:.3g} / {rec[n][j][3]:.3g}" for n in names]
+            print(f"| {rec[names[0]][j][0]:.3f} | {rec[names[0]][j][1]:.2f} | " + " | ".join(cells) + " |")
+        print("| final PSNR, residual | | " + " | ".join(final[n] for n in names) + " |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=["gmm", "mnist"])
@@ -311,6 +430,16 @@ def main() -> None:
         "--flair-lr", dest="flair_lr", type=float, default=1.0, help="FLAIR data lr (divided by ||A||^2)"
     )
     p.add_argument("--chunk", type=int, default=200)
+    p.add_argument(
+        "--latent-run", dest="latent_run", default="", help="also run latent FLAIR / DPS on this run"
+    )
+    p.add_argument(
+        "--latent-lr", dest="latent_lr", type=float, default=1.0, help="latent FLAIR data lr x ||A||^2"
+    )
+    p.add_argument(
+        "--latent-zeta", dest="latent_zeta", type=float, default=2.0, help="latent DPS zeta x ||A||"
+    )
+    p.add_argument("--trace", action="store_true", help="trace rms(mu) and the regulariser step against t")
     p.add_argument("--tune", action="store_true", help="score on training images (hyperparameter choice)")
     a = p.parse_args()
     torch.set_num_threads(1)

@@ -399,3 +399,124 @@ def test_dps_normalised_rule_pulls_towards_the_measurement():
     free = DPS(prior.velocity, op, sigma=sigma, steps=50, zeta=0.0)(ys, generator=_gen(0))
     guided = DPS(prior.velocity, op, sigma=sigma, steps=50, zeta=0.05)(ys, generator=_gen(0))
     assert float((op(guided) - ys).abs().mean()) < 0.5 * float((op(free) - ys).abs().mean())
+
+
+def test_flair_pull_above_two_diverges_on_a_pinned_direction_even_with_the_exact_velocity():
+    # The MNIST divergence is the method, not the port: an exact Gaussian prior N(m, diag(1, 0.05^2)) with A
+    # observing only the free axis. The pinned axis' error follows e <- (1 - lambda_j) e + lambda_j * noise with
+    # the pull lambda_j = w(t_j) / (1 - t_j); FLAIR's SD3 table keeps lambda <= 1.51, w = 0.72 (MNIST's CRW near
+    # t = 0.8) reaches 3.6 and blows the noise up; max_pull=1 keeps it.
+    m = torch.tensor([[0.0, 0.5]], dtype=DT)
+    prior = GaussianMixture(
+        torch.ones(1, dtype=DT), m, torch.diag(torch.tensor([1.0, 0.05**2], dtype=DT))[None]
+    )
+    op = MatrixOperator(torch.tensor([[1.0, 0.0]], dtype=DT))
+    ys = torch.full((500, 1), 0.3, dtype=DT)
+
+    def pinned_error(weight: float, max_pull: float | None) -> float:
+        flair = FLAIR(prior.velocity, op, sigma=0.1, weights=weight, max_pull=max_pull, data_lr=0.5)
+        return float((flair(ys, generator=_gen(0))[:, 1] - 0.5).abs().mean())
+
+    sd3_like = FLAIR(prior.velocity, op, sigma=0.1, weights=0.3)
+    assert max(sd3_like.pulls()) < 2.0
+    assert pinned_error(0.3, None) < 0.05  # within one prior std of the pinned axis
+    with pytest.warns(UserWarning, match=r"reaches 3\.6\d > 2.*up to 204-fold"):
+        assert pinned_error(0.72, None) > 0.5  # ten prior stds off: diverged
+    assert pinned_error(0.72, 1.0) < 0.05
+    capped = FLAIR(prior.velocity, op, sigma=0.1, weights=0.72, max_pull=1.0)
+    assert max(capped.pulls()) == pytest.approx(
+        0.72 / (1 - 0.82 * 50 / 51)
+    )  # pulls() reports the uncapped pull
+
+
+def _rotated(prior: GaussianMixture, q: torch.Tensor) -> GaussianMixture:
+    """The prior of z = Q^T x for x ~ prior (Q orthogonal): decoding with D(z) = Q z gives the pixel prior back."""
+    return GaussianMixture(prior.weights, prior.means @ q, q.T @ prior.covs @ q)
+
+
+def test_latent_dps_through_an_orthogonal_decoder_equals_pixel_dps():
+    # z = Q^T x; the linear path and N(0, I) commute with Q, so latent DPS from z0 = Q^T x0 with D(z) = Q z is
+    # pixel DPS from x0, step by step (the residual A D(z1_hat) and its gradient go through D)
+    prior, a, y, sigma = _gmm2d()
+    q = torch.linalg.qr(torch.randn(2, 2, generator=_gen(4), dtype=DT))[0]
+    op, ys = MatrixOperator(a), y.expand(64, 1).contiguous()
+    x0 = torch.randn(64, 2, generator=_gen(5), dtype=DT)
+    for zeta in (None, 0.05):
+        pixel = DPS(prior.velocity, op, sigma=sigma, steps=30, zeta=zeta)(ys, x0=x0)
+        latent = DPS(
+            _rotated(prior, q).velocity,
+            op,
+            sigma=sigma,
+            steps=30,
+            zeta=zeta,
+            decoder=lambda z: z @ q.T,
+            latent_shape=(2,),
+        )(ys, x0=x0 @ q)
+        torch.testing.assert_close(latent, pixel, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="latent_shape"):
+        DPS(prior.velocity, op, sigma=sigma, decoder=lambda z: z)
+    with pytest.raises(ValueError, match=r"x0 has shape \(3, 2\)"):
+        DPS(prior.velocity, op, sigma=sigma, decoder=lambda z: z, latent_shape=(2,))(ys, x0=x0[:3])
+
+
+def test_latent_flair_through_an_orthogonal_decoder_matches_pixel_flair_in_distribution():
+    # FLAIR's noise is drawn in latent coordinates, so samples differ draw by draw; Q N(0, I) = N(0, I) makes the
+    # two agree in distribution: means and covariances of 4000 restorations within Monte-Carlo error
+    prior, a, y, sigma = _gmm2d()
+    q = torch.linalg.qr(torch.randn(2, 2, generator=_gen(4), dtype=DT))[0]
+    op, ys = MatrixOperator(a), y.expand(4000, 1).contiguous()
+    pixel = FLAIR(prior.velocity, op, sigma=sigma, data_lr=0.5)(ys, generator=_gen(0))
+    latent = FLAIR(
+        _rotated(prior, q).velocity,
+        op,
+        sigma=sigma,
+        data_lr=0.5,
+        decoder=lambda z: z @ q.T,
+        encoder=lambda x: x @ q,
+    )(ys, generator=_gen(1))
+    torch.testing.assert_close(latent.mean(0), pixel.mean(0), rtol=0, atol=0.05)
+    torch.testing.assert_close(latent.T.cov(), pixel.T.cov(), rtol=0, atol=0.05)
+    assert float(pixel.T.cov().trace()) > 0.2  # not collapsed: the check has something to compare
+
+
+@pytest.fixture(scope="module")
+def latent_prior_run(tmp_path_factory):
+    from flowforge.recipes import train_recipe
+
+    root = tmp_path_factory.mktemp("latinv")
+    base = {"dataset": "digits", "batch_size": 16, "threads": 1, "sample_every": 0, "warmup": 0}
+    ae = root / "ae"
+    train_recipe(
+        "mnist-ae",
+        overrides={**base, "ae_channels": "8-8", "latent_channels": 2},
+        out=ae,
+        steps=2,
+        progress=False,
+    )
+    lat = root / "lat"
+    train_recipe(
+        "mnist-latent",
+        overrides={**base, "ae_run": str(ae), "channels": 8, "blocks": 1},
+        out=lat,
+        steps=2,
+        progress=False,
+    )
+    return lat
+
+
+def test_restore_with_a_latent_run(latent_prior_run, tmp_path, capsys):
+    from flowforge.cli.main import main
+    from flowforge.data import load_digits
+    from flowforge.recipes.inverse import restore
+
+    img = load_digits("test").x[:2]
+    for operator in ("inpaint", "sr4", "blur"):
+        for method in ("flair", "dps"):
+            out, measured = restore(latent_prior_run, img, operator=operator, method=method, steps=2, seed=1)
+            assert out.shape == img.shape and out.dtype == torch.uint8 and measured.shape == img.shape
+    with pytest.raises(ValueError, match="projection works in pixel space only"):
+        restore(latent_prior_run, img, operator="sr4", method="projection", steps=2)
+    np.save(tmp_path / "img.npy", img[0, 0].numpy())
+    args = ["restore", str(latent_prior_run), "--image", str(tmp_path / "img.npy"), "--steps", "2"]
+    assert main([*args, "--operator", "blur", "--method", "flair", "--out", str(tmp_path / "r.npy")]) == 0
+    assert np.load(tmp_path / "r.npy").shape == (1, 1, 8, 8)

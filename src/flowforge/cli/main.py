@@ -220,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="measure an image (mask, 4x downsampling, blur; plus noise) and restore it with a flow prior",
     )
-    r.add_argument("run", help="an image flow run (e.g. flowforge train mnist) used as the prior")
+    r.add_argument(
+        "run",
+        help="an image flow run used as the prior: pixel (flowforge train mnist) or latent (mnist-latent: flair, dps)",
+    )
     r.add_argument("--operator", required=True, help="inpaint, sr4 or blur")
     r.add_argument(
         "--image",

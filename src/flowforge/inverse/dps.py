@@ -18,11 +18,17 @@ DPS replaces :math:`p(y \mid x_t)` by :math:`N(y; A \hat x_1(x_t), \sigma_y^2 I)
 
 DPS ignores :math:`\mathrm{Cov}[x_1 \mid x_t]` and is biased (over-confident early); on a Gaussian mixture
 compare it with :meth:`flowforge.core.gaussian_mixture.GaussianMixture.posterior`.
+
+**Latent space** (latent DPS, as PSLD/ReSample's baseline; Rout et al. 2023, arXiv 2307.00619): with a decoder
+:math:`D` the flow runs on latents :math:`z`, the residual is :math:`A D(\hat z_1) - y` with the latent data
+estimate :math:`\hat z_1 = z + (1-t) v_\theta(z, t)` (the gradient goes through :math:`D` and the network), and
+the output is :math:`D(z_1)`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,6 +60,8 @@ class DPS:
         t_min: no guidance before this time (likelihood rule).
         cond: conditions passed to the network (e.g. ``{"y": null_labels}``).
         event_shape: the shape of one signal (default: the model's), to refuse measurements of other signals.
+        decoder: :math:`D` for a latent prior (latents to signals; differentiable); default: pixel space.
+        latent_shape: the shape of one latent (needed with ``decoder``).
 
     Example:
         >>> import torch
@@ -79,9 +87,17 @@ class DPS:
         t_min: float = 0.05,
         cond: dict[str, Tensor] | None = None,
         event_shape: tuple[int, ...] | None = None,
+        decoder: Callable[[Tensor], Tensor] | None = None,
+        latent_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.field = prior_field(prior, cond)
         self.event_shape = prior_event_shape(prior, event_shape)
+        if decoder is not None and latent_shape is None:
+            raise ValueError(
+                "a decoder needs latent_shape=... (the shape of one latent) to draw the starting noise"
+            )
+        self.decoder = decoder
+        self.latent_shape = None if latent_shape is None else tuple(latent_shape)
         self.operator = check_operator(operator)
         self.sigma = check_noise(sigma)
         if int(steps) != steps or steps < 1:
@@ -105,11 +121,24 @@ class DPS:
         Args:
             y: the measurements (repeat one measurement for several samples).
             generator: source of the starting noise.
-            x0: start from this noise ``(B, *event)`` instead.
+            x0: start from this noise ``(B, *event)`` (``(B, *latent)`` with a decoder) instead.
         """
         op = self.operator
-        x = source_noise(op, y, x0, generator, self.event_shape)
-        check_measurement(op, y, x)
+        dec = self.decoder if self.decoder is not None else (lambda z: z)
+        if self.decoder is None:
+            x = source_noise(op, y, x0, generator, self.event_shape)
+            check_measurement(op, y, x)
+        else:
+            shape = (y.shape[0], *self.latent_shape)
+            if x0 is not None and tuple(x0.shape) != shape:
+                raise ValueError(
+                    f"x0 has shape {tuple(x0.shape)}; the latents of this measurement have {shape}"
+                )
+            gdev = generator.device if generator is not None else None
+            x = x0 if x0 is not None else torch.randn(shape, generator=generator, dtype=y.dtype, device=gdev)
+            x = x.to(y.device)
+            with torch.no_grad():
+                check_measurement(op, y, dec(x))
         grid = torch.linspace(0.0, 1.0, self.steps + 1, dtype=torch.float64).tolist()
         dims = tuple(range(1, y.dim()))
         for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
@@ -123,7 +152,7 @@ class DPS:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 v = self.field(xg, t)
-                r = op.forward(xg + (1 - t0) * v) - y
+                r = op.forward(dec(xg + (1 - t0) * v)) - y
                 if self.zeta is not None:  # normalised rule: gradient of the per-sample unsquared norm
                     loss = r.square().sum(dims).clamp_min(1e-30).sqrt().sum()
                 else:
@@ -135,4 +164,7 @@ class DPS:
             else:
                 x = x + dt * (v - self.scale * (1 - t0) / t0 / self.sigma**2 * grad)
             x = x.detach()
-        return x
+        if self.decoder is None:
+            return x
+        with torch.no_grad():
+            return dec(x)

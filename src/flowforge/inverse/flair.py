@@ -28,11 +28,24 @@ Calibrated regulariser weights (CRW): :math:`w(t) = 0.5\,\max(0, \tilde w(t) + \
 :math:`\mathrm{err}(t_i) = E\|v_\theta(x_{t_i}) - (x_1 - x_0)\|^2 / d` on the grid :math:`t_i = i / (G-1)`, looked
 up at the nearest grid point (:func:`velocity_errors`, :func:`calibrated_weights`). The same :math:`w(t)`
 scales the data term. Ablations: constant ``weights`` (no calibration), ``dta=False``.
+
+**Stability of the regulariser step** (not in the paper). Since :math:`(\mu - n) - v = (\mu - \hat x_1)/(1-t)`,
+step 3 is :math:`\mu \leftarrow \mu - \lambda_j (\mu - \hat x_1)` with the *pull*
+:math:`\lambda_j = \text{reg\_lr}\, w(t_j)/(1-t_j)` (:meth:`FLAIR.pulls`). For an exact Gaussian prior
+:math:`N(m, s^2)` along one direction its mean map is :math:`\mu - m \mapsto (1 - \lambda_j (1-t)^2/(t^2 s^2 +
+(1-t)^2))(\mu - m)`: in directions that the prior pins down (:math:`s \to 0`, e.g. MNIST's constant background)
+the factor is :math:`1 - \lambda_j`, so every step with :math:`\lambda_j > 2` multiplies the error by
+:math:`\lambda_j - 1 > 1`. FLAIR's shipped SD3 table keeps :math:`\max_j \lambda_j = 1.51` (at :math:`t = 0.80`);
+a table whose velocity error dips late (MNIST pixels: :math:`w(0.8) \approx 0.72`, :math:`\lambda \approx 3.6`)
+diverges: over the pass such errors grow :math:`\prod_j \max(1, |1 - \lambda_j|)`-fold (a constant weight 0.72:
+about 200; the constant 0.5: 2.6; the SD3 table: 1). ``max_pull`` caps :math:`\lambda_j` (not in FLAIR); a
+warning is raised when the uncapped growth exceeds 10.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -216,10 +229,34 @@ class FLAIR:
         self.max_pull = None if max_pull is None else float(max_pull)
         self.decoder, self.encoder = decoder, encoder
         self.latent_shape = None if latent_shape is None else tuple(latent_shape)
+        pulls = self.pulls()
+        amplification = math.prod(max(1.0, abs(1.0 - p)) for p in pulls)
+        if self.max_pull is None and amplification > 10.0:
+            worst = max(pulls)
+            warnings.warn(
+                f"FLAIR's regulariser pull reg_lr * w(t) / (1 - t) reaches {worst:.2f} > 2 at "
+                f"t = {self.times()[pulls.index(worst)]:.2f}: the steps with pulls > 2 overshoot and amplify errors "
+                f"up to {amplification:.0f}-fold in directions the prior pins down (variance << (1-t)^2/t^2; MNIST's "
+                "constant background: it diverges); FLAIR's SD3 table keeps pulls <= 1.52. Pass max_pull=1.0 "
+                "(not in FLAIR) or smaller weights if restorations blow up",
+                stacklevel=2,
+            )
 
     def times(self) -> list[float]:
         """The grid :math:`t_j = \\mathrm{linspace}(0, t_{max}, N+2)[1:-1]`, ascending (t=0 noise)."""
         return torch.linspace(0.0, self.t_max, self.steps + 2, dtype=torch.float64)[1:-1].tolist()
+
+    def pulls(self) -> list[float]:
+        r"""The uncapped pull :math:`\lambda_j = \text{reg\_lr}\, w(t_j) / (1 - t_j)` of each regulariser step
+        :math:`\mu \leftarrow \mu - \lambda_j (\mu - \hat x_1)` (> 2 overshoots; see the module notes).
+
+        Example:
+            >>> from flowforge.inverse import MatrixOperator
+            >>> f = FLAIR(lambda x, t: x, MatrixOperator(torch.eye(1)), sigma=0.1, steps=3, t_max=0.8)
+            >>> [round(p, 3) for p in f.pulls()]  # w = 0.5 at t = 0.2, 0.4, 0.6
+            [0.625, 0.833, 1.25]
+        """
+        return [self.reg_lr * self.weight(t) / (1.0 - t) for t in self.times()]
 
     def weight(self, t: float) -> float:
         """:math:`w(t)`: the constant, or the CRW table at the nearest grid point :math:`i/(G-1)`."""
@@ -243,7 +280,12 @@ class FLAIR:
         return mu if self.decoder is None else self.decoder(mu)
 
     def __call__(
-        self, y: Tensor, *, generator: torch.Generator | None = None, mu0: Tensor | None = None
+        self,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        mu0: Tensor | None = None,
+        callback: Callable[[float, Tensor, Tensor], None] | None = None,
     ) -> Tensor:
         """One restoration per measurement: ``y: (B, *measured)`` -> :math:`D(\\mu)` ``(B, *event)``.
 
@@ -251,6 +293,8 @@ class FLAIR:
             y: the measurements (repeat one measurement for several posterior samples).
             generator: source of the noise (the fit is otherwise deterministic).
             mu0: start from this :math:`\\mu` instead of :math:`E(A^+ y)`.
+            callback: called after each grid time as ``callback(t, mu, reg_step)`` with the new :math:`\\mu`
+                and the regulariser step just taken (``(B, *latent)``; for diagnostics).
         """
         op = self.operator
         x_like = source_noise(op, y, op.adjoint(y), None, self.event_shape) if self.decoder is None else None
@@ -293,6 +337,8 @@ class FLAIR:
                     step = min(step, self.max_pull * (1.0 - t))
                 mu = mu - step * grad
             mu = self._data_term(mu, y, w * self.likelihood_weight, dims, measured)
+            if callback is not None:
+                callback(t, mu, step * grad)
         with torch.no_grad():
             return self._decode(mu)
 
