@@ -176,13 +176,13 @@ def test_training_reduces_the_loss_and_reaches_every_parameter():
     used = [p for name, p in f.named_parameters() if not name.endswith("egnn.embed.0.weight")]
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in used)
     opt = torch.optim.Adam(f.parameters(), lr=1e-2)
-    first = float(loss)
+    first = float(loss.detach())
     for _ in range(30):
         opt.zero_grad()
         loss = f.loss(data)
         loss.backward()
         opt.step()
-    assert float(loss) < first - 0.5
+    assert float(loss.detach()) < first - 0.5
 
 
 def test_bad_inputs_raise_clear_errors():
