@@ -126,6 +126,18 @@ class EGNN(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The mean-free equivariant velocity, shaped like ``x``: ``(B, N*d)`` or ``(B, N, d)``; ``t: (B,)``."""
+        p0, h, y = self.features(x, t)
+        v = (y - p0) * self.scale
+        v = v - v.mean(1, keepdim=True)
+        return v.reshape(x.shape)
+
+    def features(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The last layer's states: ``(p0, h, y)``, each ``(B, N, .)``, for heads other than the velocity.
+
+        ``p0 = x / scale`` (the input positions in network units, ``(B, N, d)``), ``h`` the invariant node
+        states ``(B, N, width)`` and ``y`` the equivariant positions ``(B, N, d)`` after the last layer:
+        :math:`h(Qx + c) = h(x)`, :math:`y(Qx + c) = Q\,y(x) + c/\text{scale}`, both permutation-equivariant.
+        """
         n, d = self.n_particles, self.spatial_dim
         if x.dim() == 2 and x.shape[1] == n * d:
             p = x.reshape(x.shape[0], n, d)
@@ -148,9 +160,7 @@ class EGNN(nn.Module):
         y = p0
         for layer in self.layers:
             h, y = layer(h, y, d0, off)
-        v = (y - p0) * self.scale
-        v = v - v.mean(1, keepdim=True)
-        return v.reshape(x.shape)
+        return p0, h, y
 
     def extra_repr(self) -> str:
         return f"n_particles={self.n_particles}, spatial_dim={self.spatial_dim}, scale={self.scale}"

@@ -18,6 +18,7 @@ file                                       names (method -> file)
 ``normalizing/residual.py``                ``ResidualFlow``, ``ResidualBlock``, ``LipSwish`` (i-ResNet / Residual Flows)
 ``normalizing/cnf.py``                     ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
 ``normalizing/glow.py``                    ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
+``normalizing/equivariant_coupling.py``    ``AugmentedEquivariantFlow``, ``AugmentedFlowGenerator``, ``EquivariantCoupling``
 ``normalizing/importance.py``              ``importance_sample``, ``ImportanceSamples``, ``effective_sample_size``, ``resample_indices``
 ``normalizing/smc.py``                     ``smc``, ``SMCResult``
 ``normalizing/transferable.py``            ``TransferableTARFlow``, ``BoundTransferableFlow`` (Prose's transferable flow)
@@ -32,6 +33,11 @@ from flowforge.nn.made import MADE
 from flowforge.normalizing.autoregressive import MaskedAutoregressive, SplineAutoregressive
 from flowforge.normalizing.cnf import CNF, FFJORD
 from flowforge.normalizing.coupling import LOG_SCALE_BOUND, AffineCoupling, SplineCoupling, soft_clip
+from flowforge.normalizing.equivariant_coupling import (
+    AugmentedEquivariantFlow,
+    AugmentedFlowGenerator,
+    EquivariantCoupling,
+)
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
 from flowforge.normalizing.flows import MAF, NAF, NSF, UNAF, RealNVP
 from flowforge.normalizing.glow import ActNorm2d, AffineCoupling2d, Glow, InvConv2d, Squeeze
@@ -67,12 +73,15 @@ __all__ = [
     "CNF",
     "FFJORD",
     "ActNorm",
+    "AugmentedEquivariantFlow",
+    "AugmentedFlowGenerator",
     "ActNorm2d",
     "Affine",
     "AffineCoupling",
     "AffineCoupling2d",
     "Bijection",
     "Compose",
+    "EquivariantCoupling",
     "Flow",
     "Glow",
     "ImportanceSamples",
