@@ -172,4 +172,4 @@ def test_grpo_raises_ink_of_a_tiny_digits_flow(digits_base):
         opt.zero_grad()
         grpo.loss().backward()
         opt.step()
-    assert ink() > before + 0.05
+    assert ink() > before + 0.03  # 0.496 -> 0.570 here; a flipped advantage sign gives 0.423
