@@ -19,6 +19,7 @@ perfect fine-tune of the unconditional branch toward the digit could look like),
 
     python benchmarks/reward_finetune_images.py --images digits
     python benchmarks/reward_finetune_images.py --images mnist --budgets 256,512,1024
+    python benchmarks/reward_finetune_images.py --plot LOG.md [LOG2.md ...] --png benchmarks/figures/x.png
 """
 
 from __future__ import annotations
@@ -131,8 +132,44 @@ def row(name: str, lr: str, evals: int | str, e: dict[str, float], secs: float) 
             f"{e['fd_target']:.2f} | {e['fd_ref']:.2f} | {e['kl_classes']:.3f} | {e['ink']:.3f} | {secs:.0f} |")  # fmt: skip
 
 
+def plot(logs: list[str], png: str) -> None:
+    """Reward against KL of the class histogram, FD to the reference and FD to the target digit (printed tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[float, ...]]] = {}
+    for log in logs:
+        for line in Path(log).read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 11 or not cells[2].isdigit():
+                continue
+            name = cells[0] if cells[1] in ("-", f"{1e-4:g}") else f"{cells[0]} @{cells[1]}"
+            curves.setdefault(name, []).append(tuple(float(c) for c in cells[2:10]))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = ((6, "KL(class histogram || reference's)", "linear"), (5, "FD to the reference's samples", "symlog"),
+              (4, "FD to the test images of the target digit", "log"))  # fmt: skip
+    ref = curves.pop("reference (base)", None)
+    ctrl = {k: curves.pop(k) for k in list(curves) if k.startswith("control")}
+    for ax, (col, label, scale) in zip(axes, panels, strict=True):
+        for name, pts in curves.items():
+            pts = (ref or []) + sorted(pts)
+            ax.plot([q[col] for q in pts], [q[1] for q in pts], "o-", label=name)
+        for name, pts in ctrl.items():
+            ax.plot([pts[0][col]], [pts[0][1]], "k*", ms=12, label=name)
+        ax.set(xlabel=label, ylabel="mean reward", xscale=scale)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(Path(logs[0]).name)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--plot", nargs="+", help="draw the curves of these printed tables (needs --png) and stop")
+    p.add_argument("--png", default=None)
     p.add_argument("--images", choices=["digits", "mnist"], default="digits")
     p.add_argument("--run", default=None, help="base run folder (default /work/runs/IMAGES); read only")
     p.add_argument("--reward", choices=["digit", "thickness"], default="digit")
@@ -156,6 +193,9 @@ def main() -> None:
         help="';'-separated; METHOD@LR sets that method's learning rate",
     )
     args = p.parse_args()
+    if args.plot:
+        plot(args.plot, args.png or "reward_finetune_images.png")
+        return
     torch.set_num_threads(1)
     t0 = time.time()
     run = Path(args.run or f"/work/runs/{args.images}")
