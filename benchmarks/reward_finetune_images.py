@@ -53,8 +53,8 @@ def make(
     orw = dict(batch_size=b, sample_steps=k, refresh_every=10, cond_sampler=cond_sampler, generator=g)
     if method == "DanceGRPO":
         return DanceGRPO(flow, reward, **grpo)
-    if method == "DanceGRPO + KL 1":
-        return DanceGRPO(flow, reward, **grpo, kl_coef=1.0)
+    if method.startswith("DanceGRPO + KL "):
+        return DanceGRPO(flow, reward, **grpo, kl_coef=float(method.removeprefix("DanceGRPO + KL ")))
     if method == "REINFORCE (no group norm)":
         return DanceGRPO(flow, reward, **{**grpo, "inner_epochs": 1, "clip_eps": 1e-2}, advantage="reinforce",
                          same_noise=False)  # fmt: skip
