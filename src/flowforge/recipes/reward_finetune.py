@@ -32,6 +32,9 @@ Example:
     >>> from flowforge.recipes import get_recipe
     >>> get_recipe("eight-gaussians-grpo").defaults["reward"]
     'modes'
+    >>> d = get_recipe("mnist-grpo").defaults
+    >>> d["reward"], d["target"], d["label"], d["groups"] * d["group_size"]
+    ('digit', 3, 'null', 32)
 """
 
 from __future__ import annotations
