@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -159,8 +160,14 @@ def plot(logs: list[str], png: str) -> None:
         for name, pts in ctrl.items():
             ax.plot([pts[0][col]], [pts[0][1]], "k*", ms=12, label=name)
         ax.set(xlabel=label, ylabel="mean reward", xscale=scale)
+    if ref:  # the least KL of any class histogram whose target share is s (the reference tilted): a bound
+        p0 = ref[0][2]
+        sh = [p0 + (0.995 - p0) * i / 50 for i in range(51)]
+        kl = [q * math.log(q / p0) + (1 - q) * math.log((1 - q) / (1 - p0)) for q in sh]
+        axes[0].plot(kl, sh, "k--", lw=1, label="least KL at that target share")
     axes[0].legend(fontsize=7)
-    fig.suptitle(Path(logs[0]).name)
+    heads = [ln for ln in Path(logs[0]).read_text().splitlines() if ln.startswith("## ")]
+    fig.suptitle(heads[0][3:] if heads else Path(logs[0]).name, fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     print(f"wrote {png}")
