@@ -131,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "finetune",
-        help="fine-tune a 2-D flow-matching run toward a reward (grpo, orw, acflow) or by FM-MLE (mle)",
+        help="fine-tune a flow-matching run (2-D or digits/mnist) toward a reward (grpo, orw, acflow) or a 2-D "
+        "run by FM-MLE (mle)",
     )
-    f.add_argument("run", help="the base run folder (moons, checkerboard, eight-gaussians)")
+    f.add_argument("run", help="the base run folder (moons, checkerboard, eight-gaussians, digits, mnist)")
     f.add_argument(
         "--method",
         required=True,
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--reward",
-        help="modes (default; --set modes=0-1), halfplane, or MODULE:FUNCTION, a callable (B, D) -> (B,)",
+        help="2-D: modes (default; --set modes=0-1), halfplane; images: digit (default; --set target=3, "
+        "label=null|C), thickness; or MODULE:FUNCTION, a callable (B, *event) -> (B,)",
     )
     f.add_argument(
         "--out", help="the fine-tuned run folder (default: RUN-METHOD, e.g. runs/eight-gaussians-grpo)"

@@ -10,6 +10,8 @@ method                                        file                 what it does
 :class:`ACFlow` (AC-Flow-style, derived)      ``ac_flow.py``       critic-weighted CFM, clipping, warm-up
 :class:`FMMLE`, :class:`ContractiveResidual`  ``fm_mle.py``        reconstruction NLL through the N-step solver
 :class:`ModePreference`, :class:`HalfPlane`   ``rewards.py``       2-D rewards; :func:`total_reward` checks, sums
+:class:`ClassifierReward`                     ``rewards.py``       images: a classifier's p(target class)
+:class:`StrokeThickness`                      ``rewards.py``       images: share of ink (mean or soft area)
 ============================================  ===================  ==============================================
 
 Layer: ``finetune`` may import ``core``, ``nn`` and the families (here ``discrete``; the continuous
@@ -37,10 +39,19 @@ from flowforge.finetune.discrete_ppo import (
 )
 from flowforge.finetune.fm_mle import FMMLE, ContractiveResidual, euler_map, ode_pairs
 from flowforge.finetune.orw_cfm import ORWCFM, policy_samples, weighted_cfm_w2_loss
-from flowforge.finetune.rewards import HalfPlane, ModePreference, Reward, total_reward
+from flowforge.finetune.rewards import (
+    ClassifierReward,
+    HalfPlane,
+    ModePreference,
+    Reward,
+    StrokeThickness,
+    total_reward,
+)
 
 __all__ = [
     "ACFlow",
+    "ClassifierReward",
+    "StrokeThickness",
     "ContractiveResidual",
     "DanceGRPO",
     "FMMLE",

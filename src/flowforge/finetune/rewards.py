@@ -5,12 +5,17 @@ arguments) and returns one float per sample, ``(B,)``. :func:`total_reward` chec
 error that says what was returned and what to return instead) and sums several weighted rewards,
 :math:`R(x) = \sum_j c_j r_j(x)`.
 
-Two smooth 2-D rewards live here (pure torch, no data needed); rewards that need a trained classifier
-(MNIST) belong in ``recipes``/``metrics``:
+Two smooth 2-D rewards and two image rewards live here (pure torch; the image classifier is passed in as
+a module, so ``finetune`` needs no ``metrics``: the recipes wire in the shipped one,
+``flowforge.metrics.load_classifier``):
 
 - :class:`ModePreference`: :math:`r(x) = \log \sum_k \exp(-\lVert x - c_k\rVert^2 / 2s^2)` over the preferred
   centres :math:`c_k`, clipped below at ``floor`` (a soft "be near one of these modes");
-- :class:`HalfPlane`: :math:`r(x) = \tanh(a^\top x / s)`, prefer one side of a line.
+- :class:`HalfPlane`: :math:`r(x) = \tanh(a^\top x / s)`, prefer one side of a line;
+- :class:`ClassifierReward`: :math:`r(x) = p_\phi(c \mid x)` (or :math:`\log p_\phi(c \mid x)`), a classifier's
+  probability of a target class :math:`c` for images ``(B, C, H, W)`` in ``[-1, 1]``;
+- :class:`StrokeThickness`: the share of ink in an image, :math:`r(x) = \operatorname{mean}_{pixels} (x + 1)/2`
+  (``"ink"``) or the soft share of pixels above a threshold (``"area"``).
 
 Example:
     >>> import torch
@@ -29,9 +34,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Reward", "ModePreference", "HalfPlane", "total_reward"]
+__all__ = ["Reward", "ModePreference", "HalfPlane", "ClassifierReward", "StrokeThickness", "total_reward"]
 
 #: What a reward is: ``reward(x, **cond) -> (B,)``.
 Reward = Callable[..., Tensor]
@@ -109,6 +114,146 @@ class HalfPlane:
 
     def __call__(self, x: Tensor, **cond: Any) -> Tensor:
         return torch.tanh(x.flatten(1) @ self.direction.to(x.device, x.dtype) / self.scale)
+
+
+def _check_images(x: Tensor, shape: tuple[int, ...] | None, who: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or (shape is not None and tuple(x.shape[1:]) != shape):
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        want = f"(B, {', '.join(map(str, shape))})" if shape is not None else "(B, C, H, W)"
+        hint = " (add the channel axis with x.unsqueeze(1))" if isinstance(x, Tensor) and x.dim() == 3 else ""
+        raise ValueError(f"{who} takes images {want} in [-1, 1], got {got}{hint}")
+
+
+class ClassifierReward:
+    r"""A classifier's probability of a target class: :math:`r(x) = p_\phi(c \mid x) = \mathrm{softmax}(f_\phi(x))_c`.
+
+    With ``log=True`` the reward is :math:`\log p_\phi(c \mid x)` (``log_softmax``), clipped below at
+    ``floor``: unbounded above 0 no more, but with larger gradients and advantages away from the class.
+    Images are clamped to ``[-1, 1]`` first (the classifier's domain; the sampler may overshoot). The
+    classifier is put in eval mode (batch-norm statistics, no dropout) and is never trained here.
+
+    Args:
+        classifier: ``f_phi(x: (B, C, H, W)) -> (B, K)`` logits, e.g. the shipped MNIST classifier
+            ``flowforge.metrics.load_classifier("mnist")``; any ``nn.Module`` with that contract.
+        target: the class :math:`c` in ``0..K-1`` (a digit 0..9 for MNIST and digits).
+        log: reward the log-probability instead of the probability.
+        floor: lower clip of the log-probability (``log=True`` only).
+        image_shape: ``(C, H, W)`` the classifier takes; default the classifier's own
+            (``in_channels``, ``image_size``) when it has them.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))  # a toy 3-class "classifier" of 1x2x2 images
+        >>> r = ClassifierReward(net, target=2, image_shape=(1, 2, 2))
+        >>> x = torch.zeros(5, 1, 2, 2)
+        >>> torch.allclose(r(x), net(x).softmax(-1)[:, 2])
+        True
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        target: int,
+        *,
+        log: bool = False,
+        floor: float = -10.0,
+        image_shape: Sequence[int] | None = None,
+    ) -> None:
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(
+                f"classifier must be an nn.Module returning (B, K) logits, got {type(classifier).__name__}; "
+                "e.g. flowforge.metrics.load_classifier('mnist')"
+            )
+        k = getattr(classifier, "num_classes", None)
+        if isinstance(target, bool) or int(target) != target or target < 0 or (k is not None and target >= k):
+            top = f"0..{k - 1}" if k is not None else "0..K-1"
+            raise ValueError(f"target must be a class in {top}, got {target!r}; e.g. target=3")
+        if image_shape is None and hasattr(classifier, "image_size"):
+            side = int(classifier.image_size)
+            image_shape = (int(getattr(classifier, "in_channels", 1)), side, side)
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.target, self.log, self.floor = int(target), bool(log), float(floor)
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.__name__ = f"{'log_' if log else ''}p(class={self.target})"
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The classifier's logits ``(B, K)`` of ``x`` (clamped to ``[-1, 1]``), in the classifier's dtype."""
+        _check_images(x, self.image_shape, "ClassifierReward")
+        p = next(self.classifier.parameters(), None)
+        dtype = p.dtype if p is not None else x.dtype
+        out = self.classifier(x.clamp(-1.0, 1.0).to(dtype))
+        if out.dim() != 2 or self.target >= out.shape[1]:
+            raise ValueError(
+                f"the classifier returned {tuple(out.shape)} for {x.shape[0]} images; it must return (B, K) "
+                f"logits with K > target = {self.target}"
+            )
+        return out
+
+    def __call__(self, x: Tensor, **cond: Any) -> Tensor:
+        lp = torch.log_softmax(self.logits(x), dim=-1)[:, self.target].to(x.dtype)
+        return lp.clamp(min=self.floor) if self.log else lp.exp()
+
+
+class StrokeThickness:
+    r"""How much ink an image holds, in ``[0, 1]``; pixels in ``[-1, 1]``, ``+1`` = ink (white on black).
+
+    - ``mode="ink"``: the mean ink :math:`r(x) = \frac1{CHW}\sum_p \tfrac12(\mathrm{clip}(x_p, -1, 1) + 1)`
+      (linear in the pixels; thick strokes and more strokes both raise it);
+    - ``mode="area"``: the soft share of inked pixels
+      :math:`r(x) = \frac1{CHW}\sum_p \sigma\big(k\,(x_p - \tau)\big)` with threshold :math:`\tau`
+      (``threshold``) and sharpness :math:`k` (``sharpness``): a differentiable "area above
+      :math:`\tau`" that ignores how bright the ink is.
+
+    Both are differentiable (``clip`` has zero gradient outside ``[-1, 1]``). Optionally ``target``:
+    :math:`r = -|m(x) - m^*|` rewards a stroke mass near :math:`m^*` instead of "more ink".
+
+    Args:
+        mode: ``"ink"`` or ``"area"``.
+        threshold: :math:`\tau` of ``"area"`` (in ``[-1, 1]`` pixel units).
+        sharpness: :math:`k > 0` of ``"area"``.
+        target: :math:`m^*` in ``[0, 1]``, or None (reward more ink).
+
+    Example:
+        >>> import torch
+        >>> x = -torch.ones(2, 1, 4, 4)
+        >>> x[1, 0, :2] = 1.0  # half of the second image is ink
+        >>> StrokeThickness()(x)
+        tensor([0.0000, 0.5000])
+    """
+
+    MODES = ("ink", "area")
+
+    def __init__(
+        self,
+        mode: str = "ink",
+        *,
+        threshold: float = 0.0,
+        sharpness: float = 10.0,
+        target: float | None = None,
+    ) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"unknown stroke-thickness mode {mode!r}; use 'ink' (mean ink) or 'area'")
+        if not sharpness > 0:
+            raise ValueError(f"sharpness must be > 0, got {sharpness}; e.g. 10")
+        if target is not None and not 0 <= target <= 1:
+            raise ValueError(f"target must be a share of ink in [0, 1], got {target}; e.g. 0.2")
+        self.mode, self.threshold, self.sharpness = mode, float(threshold), float(sharpness)
+        self.target = None if target is None else float(target)
+        self.__name__ = f"stroke_{mode}"
+
+    def mass(self, x: Tensor) -> Tensor:
+        """The ink share ``(B,)`` before the optional target."""
+        _check_images(x, None, "StrokeThickness")
+        if self.mode == "ink":
+            m = 0.5 * (x.clamp(-1.0, 1.0) + 1.0)
+        else:
+            m = torch.sigmoid(self.sharpness * (x - self.threshold))
+        return m.flatten(1).mean(1)
+
+    def __call__(self, x: Tensor, **cond: Any) -> Tensor:
+        m = self.mass(x)
+        return m if self.target is None else -(m - self.target).abs()
 
 
 def total_reward(
