@@ -24,6 +24,7 @@ import torch
 from flowforge.recipes.audio_separation import _DEFAULTS, audio_data, audio_evaluate, build_separator
 from flowforge.train import train
 
+FLOW_VARIANTS = ((1, 0), (1, 1), (4, 1))  # (draws averaged, clamp at the mixture's magnitude)
 ROWS = ("si_sdri_class", "si_sdri_caption", "si_sdri", "si_sdr", "seconds_per_clip")
 
 
@@ -57,12 +58,22 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=200)
     p.add_argument("--sample-steps", type=int, nargs="+", default=[8])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--ae-res-blocks", type=int, default=_DEFAULTS["ae_res_blocks"])
+    p.add_argument("--latent-channels", type=int, default=_DEFAULTS["latent_channels"])
     p.add_argument("--out", default="benchmarks/RESULTS-audio_separation.json")
     a = p.parse_args()
     if a.quick:
         a.steps, a.ae_steps, a.n_train, a.eval_n, a.seeds = 20, 10, 64, 16, a.seeds[:1]
     torch.set_num_threads(1)
-    base = {**_DEFAULTS, "steps": a.steps, "ae_steps": a.ae_steps, "n_train": a.n_train, "eval_n": a.eval_n}
+    base = {
+        **_DEFAULTS,
+        "steps": a.steps,
+        "ae_steps": a.ae_steps,
+        "n_train": a.n_train,
+        "eval_n": a.eval_n,
+        "ae_res_blocks": a.ae_res_blocks,
+        "latent_channels": a.latent_channels,
+    }
     results: dict = {"args": vars(a), "runs": []}
     metrics = [
         "si_sdr",
@@ -83,9 +94,20 @@ def main() -> None:
             config = {**base, "method": method, "seed": seed}
             data, _ = audio_data(config)
             model, train_s = fit(config, data, seed)
-            for k in a.sample_steps if method == "flow" else [0]:
-                res = audio_evaluate(model, config, None, metrics, seed=0, steps=k or None)
-                res.update(method=method, seed=seed, sample_steps=k or None, train_seconds=train_s)
+            variants = (
+                [(k, d, c) for k in a.sample_steps for d, c in FLOW_VARIANTS]
+                if method == "flow"
+                else [(0, 1, 0)]
+            )
+            for k, draws, clamp in variants:
+                cfg = {**config, "draws": draws, "clamp": bool(clamp)}
+                res = audio_evaluate(model, cfg, None, metrics, seed=0, steps=k or None)
+                name = (
+                    method
+                    if method == "mask"
+                    else f"flow{' clamp' if clamp else ''}{f' mean of {draws}' if draws > 1 else ''}"
+                )
+                res.update(method=name, seed=seed, sample_steps=k or None, draws=draws, train_seconds=train_s)
                 results["runs"].append(res)
                 print(json.dumps(res), flush=True)
     Path(a.out).write_text(json.dumps(results, indent=1))
@@ -100,8 +122,11 @@ def main() -> None:
         for key in ROWS:
             vals = torch.tensor([r[key] for r in rs], dtype=torch.float64)
             fmt = "{:.4f}" if key == "seconds_per_clip" else "{:.2f}"
-            cells.append(fmt.format(float(vals.mean())) + (f" ± {float(vals.std()):.2f}" if len(rs) > 1 else ""))
-        print(f"| {method} | {rs[0]['params']} | {k or 1} | " + " | ".join(cells) + " |")
+            cells.append(
+                fmt.format(float(vals.mean())) + (f" ± {float(vals.std()):.2f}" if len(rs) > 1 else "")
+            )
+        nfe = (k or 1) * rs[0]["draws"]
+        print(f"| {method} | {rs[0]['params']} | {nfe} | " + " | ".join(cells) + " |")
     r0 = results["runs"][0]
     ae = [r["si_sdri_autoencoder"] for r in results["runs"] if r["si_sdri_autoencoder"] is not None]
     print(

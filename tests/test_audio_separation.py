@@ -34,7 +34,9 @@ def test_si_sdr_equals_the_snr_of_an_orthogonal_error(snr_db):
     torch.testing.assert_close(A.si_sdr(s + n, s), torch.full((4,), snr_db, dtype=torch.float64))
     # improvement over a mixture that is the truth at 0 dB is snr_db
     mix = s + n * 10 ** (snr_db / 20)
-    torch.testing.assert_close(A.si_sdr_improvement(s + n, s, mix), torch.full((4,), snr_db, dtype=torch.float64))
+    torch.testing.assert_close(
+        A.si_sdr_improvement(s + n, s, mix), torch.full((4,), snr_db, dtype=torch.float64)
+    )
 
 
 def test_si_sdr_rejects_mismatched_shapes():
@@ -65,7 +67,10 @@ def test_log_features_invert_above_the_floor():
 def test_griffin_lim_reduces_the_spectral_inconsistency():
     x = A.make_mixtures(2, seed=3)["source"].double()
     mag = A.stft(x).abs()
-    err = [float((A.stft(A.griffin_lim(mag, x.shape[-1], iters=k)).abs() - mag).norm() / mag.norm()) for k in (0, 30)]
+    err = [
+        float((A.stft(A.griffin_lim(mag, x.shape[-1], iters=k)).abs() - mag).norm() / mag.norm())
+        for k in (0, 30)
+    ]
     assert err[1] < 0.5 * err[0]
 
 
@@ -116,7 +121,9 @@ def test_query_tokenizer_and_clear_error_on_unknown_words():
 
 def test_oracle_ideal_ratio_mask_beats_the_mixture():
     d = A.make_mixtures(6, seed=4)
-    oracle = A.si_sdr_improvement(A.oracle_separation(d["source"], d["interferer"]), d["source"], d["mixture"])
+    oracle = A.si_sdr_improvement(
+        A.oracle_separation(d["source"], d["interferer"]), d["source"], d["mixture"]
+    )
     assert bool((oracle > 10).all())
 
 
@@ -136,6 +143,10 @@ def test_latent_flow_switches_from_autoencoder_to_flow_and_freezes_stats():
     assert not torch.equal(sep.latent_std, torch.ones(4)) and int(sep.steps_done) == 3
     assert sep.fm.net.inp.weight.grad is not None and sep.query.bag.weight.grad is not None
     assert sep.ae.encoder[0].weight.grad is None
+    std = sep.latent_std.clone()
+    e = A.make_mixtures(4, seed=1)
+    sep.loss((e["source"], e["mixture"], q))  # another batch: the stats stay frozen
+    assert torch.equal(sep.latent_std, std)
     with pytest.raises(ValueError, match="unknown phase"):
         sep.separate(d["mixture"], q, steps=1, phase="vocoder")
 
@@ -154,4 +165,6 @@ def test_recipes_train_a_few_steps_and_evaluate(tmp_path):
     res = evaluate(tmp_path / "mask")
     assert res["si_sdri_autoencoder"] is None and math.isfinite(res["si_sdri_caption"])
     with pytest.raises(ValueError, match="ae_steps"):
-        train_recipe("audio-sep", overrides={**over, "ae_steps": 5}, out=tmp_path / "x", steps=3, progress=False)
+        train_recipe(
+            "audio-sep", overrides={**over, "ae_steps": 5}, out=tmp_path / "x", steps=3, progress=False
+        )

@@ -12,7 +12,9 @@ target-to-interferer ratio in ``[-tir_db, tir_db]`` dB), each with one query ask
 token or a caption (``"rising chirp"``, ``"hiss"``, ...) with probability 1/2 each. ``audio-sep`` is a
 :class:`~flowforge.apps.audio.LatentFlowSeparator` (the first ``ae_steps`` steps train its spectrogram
 autoencoder, the rest the latent flow); ``audio-sep-mask`` a :class:`~flowforge.apps.audio.RatioMaskSeparator`.
-Both resynthesise with the mixture's phase (``--set phase=griffin-lim`` for Griffin-Lim).
+Both resynthesise with the mixture's phase (``--set phase=griffin-lim`` for Griffin-Lim). Flow runs sample
+with ``solver`` / ``sample_steps``; ``draws=K`` averages the magnitudes of K draws and ``clamp=true`` caps the
+estimate at the mixture's magnitude (sampling options, they can be changed with ``--set`` at train time).
 
 **Eval keys**, on ``eval_n`` held-out mixtures (seed ``50000 + eval seed``), each separated once with a class
 query and once with a caption query: ``si_sdr`` / ``si_sdri`` (dB, mean over both query types),
@@ -120,7 +122,13 @@ class AudioSeparator:
         """Separated waveforms ``(B, L)``."""
         opts = {"phase": self.config["phase"]}
         if isinstance(self.model, LatentFlowSeparator):
-            opts.update(steps=steps, solver=self.config["solver"], generator=generator)
+            opts.update(
+                steps=steps,
+                solver=self.config["solver"],
+                generator=generator,
+                draws=int(self.config["draws"]),
+                clamp=bool(self.config["clamp"]),
+            )
         return self.model.separate(mixture, query_ids, **opts)
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, steps: int = 8) -> Tensor:
@@ -191,6 +199,8 @@ _DEFAULTS: dict[str, Any] = {
     "query_dim": 16,
     "phase": "mixture",
     "solver": "euler",
+    "draws": 1,
+    "clamp": False,
     "steps": 1500,
     "batch_size": 16,
     "lr": 2e-3,

@@ -12,7 +12,12 @@ part                                                  file                what i
 ====================================================  ==================  ==========================================
 """
 
-from flowforge.apps.audio.latent_flow import SPEC_SIZE, LatentFlowSeparator, spectrogram_features, unpack_batch
+from flowforge.apps.audio.latent_flow import (
+    SPEC_SIZE,
+    LatentFlowSeparator,
+    spectrogram_features,
+    unpack_batch,
+)
 from flowforge.apps.audio.queries import CAPTIONS, QUERY_TYPES, BagOfWords, QueryTokenizer, random_queries
 from flowforge.apps.audio.ratio_mask import RatioMaskSeparator, ideal_ratio_mask, oracle_separation
 from flowforge.apps.audio.si_sdr import si_sdr, si_sdr_improvement

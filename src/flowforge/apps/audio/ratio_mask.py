@@ -18,7 +18,7 @@ Example:
     >>> sep = RatioMaskSeparator(channels=8, mults=(1,), query_dim=4, patch=2)
     >>> d = make_mixtures(2, seed=0)
     >>> q = random_queries(d["target_class"], "class", generator=torch.Generator().manual_seed(0))
-    >>> float(sep.loss((d["source"], d["mixture"], q))) > 0
+    >>> float(sep.loss((d["source"], d["mixture"], q)).detach()) > 0
     True
     >>> sep.separate(d["mixture"], q).shape
     torch.Size([2, 3969])

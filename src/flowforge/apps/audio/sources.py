@@ -124,7 +124,9 @@ def make_mixtures(
         The target-to-interferer ratio is uniform in ``[-tir_db, tir_db]`` dB.
     """
     if n < 1 or length < 64 or tir_db < 0:
-        raise ValueError(f"need n >= 1, length >= 64 and tir_db >= 0; got n={n}, length={length}, tir_db={tir_db}")
+        raise ValueError(
+            f"need n >= 1, length >= 64 and tir_db >= 0; got n={n}, length={length}, tir_db={tir_db}"
+        )
     g = torch.Generator().manual_seed(int(seed))
     k = len(SOURCE_CLASSES)
     tc = torch.randint(k, (n,), generator=g)

@@ -38,7 +38,9 @@ _LO, _HI = math.log(EPS), math.log(TOP)
 
 
 def _window(like: Tensor) -> Tensor:
-    return torch.hann_window(N_FFT, dtype=like.real.dtype if like.is_complex() else like.dtype, device=like.device)
+    return torch.hann_window(
+        N_FFT, dtype=like.real.dtype if like.is_complex() else like.dtype, device=like.device
+    )
 
 
 def stft(x: Tensor) -> Tensor:
