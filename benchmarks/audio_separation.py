@@ -61,7 +61,11 @@ def main() -> None:
     p.add_argument("--ae-res-blocks", type=int, default=_DEFAULTS["ae_res_blocks"])
     p.add_argument("--latent-channels", type=int, default=_DEFAULTS["latent_channels"])
     p.add_argument("--out", default="benchmarks/RESULTS-audio_separation.json")
+    p.add_argument("--merge", nargs="+", help="only print the table of these result files (e.g. one a seed)")
     a = p.parse_args()
+    if a.merge:
+        table([r for f in a.merge for r in json.loads(Path(f).read_text())["runs"]])
+        return
     if a.quick:
         a.steps, a.ae_steps, a.n_train, a.eval_n, a.seeds = 20, 10, 64, 16, a.seeds[:1]
     torch.set_num_threads(1)
@@ -111,11 +115,16 @@ def main() -> None:
                 results["runs"].append(res)
                 print(json.dumps(res), flush=True)
     Path(a.out).write_text(json.dumps(results, indent=1))
+    table(results["runs"])
+
+
+def table(runs: list[dict]) -> None:
+    """Print the markdown table: mean ± std over seeds per method variant, then the controls."""
 
     print("\n| method | params | NFE | " + " | ".join(ROWS) + " |")
     print("|---" * (len(ROWS) + 3) + "|")
     groups: dict = {}
-    for r in results["runs"]:
+    for r in runs:
         groups.setdefault((r["method"], r["sample_steps"]), []).append(r)
     for (method, k), rs in groups.items():
         cells = []
@@ -125,10 +134,10 @@ def main() -> None:
             cells.append(
                 fmt.format(float(vals.mean())) + (f" ± {float(vals.std()):.2f}" if len(rs) > 1 else "")
             )
-        nfe = (k or 1) * rs[0]["draws"]
+        nfe = (k or 1) * rs[0].get("draws", 1)
         print(f"| {method} | {rs[0]['params']} | {nfe} | " + " | ".join(cells) + " |")
-    r0 = results["runs"][0]
-    ae = [r["si_sdri_autoencoder"] for r in results["runs"] if r["si_sdri_autoencoder"] is not None]
+    r0 = runs[0]
+    ae = [r["si_sdri_autoencoder"] for r in runs if r["si_sdri_autoencoder"] is not None]
     print(
         f"| mixture (floor) | - | - | 0 | 0 | 0 | {r0['si_sdr_mixture']:.2f} | - |\n"
         f"| ideal ratio mask (oracle) | - | - | - | - | {r0['si_sdri_oracle']:.2f} | {r0['si_sdr_oracle']:.2f} | - |\n"

@@ -149,6 +149,11 @@ def test_latent_flow_switches_from_autoencoder_to_flow_and_freezes_stats():
     assert torch.equal(sep.latent_std, std)
     with pytest.raises(ValueError, match="unknown phase"):
         sep.separate(d["mixture"], q, steps=1, phase="vocoder")
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        sep.separate(d["mixture"], q, steps=1, draws=0)
+    g = torch.Generator().manual_seed(0)
+    one = sep.separate(d["mixture"], q, steps=1, draws=2, clamp=True, generator=g)
+    assert one.shape == d["mixture"].shape and bool(torch.isfinite(one).all())
 
 
 def test_recipes_train_a_few_steps_and_evaluate(tmp_path):
