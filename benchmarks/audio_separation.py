@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--ae-res-blocks", type=int, default=_DEFAULTS["ae_res_blocks"])
     p.add_argument("--latent-channels", type=int, default=_DEFAULTS["latent_channels"])
+    p.add_argument("--ae-weighting", default="uniform", choices=("uniform", "energy"))
+    p.add_argument("--methods", nargs="+", default=["flow", "mask"], choices=("flow", "mask"))
     p.add_argument("--out", default="benchmarks/RESULTS-audio_separation.json")
     p.add_argument("--merge", nargs="+", help="only print the table of these result files (e.g. one a seed)")
     a = p.parse_args()
@@ -77,6 +79,7 @@ def main() -> None:
         "eval_n": a.eval_n,
         "ae_res_blocks": a.ae_res_blocks,
         "latent_channels": a.latent_channels,
+        "ae_weighting": a.ae_weighting,
     }
     results: dict = {"args": vars(a), "runs": []}
     metrics = [
@@ -94,7 +97,7 @@ def main() -> None:
         "params",
     ]
     for seed in a.seeds:
-        for method in ("flow", "mask"):  # same seed: same data, same batch indices, same initial RNG state
+        for method in a.methods:  # same seed: same data, same batch indices, same initial RNG state
             config = {**base, "method": method, "seed": seed}
             data, _ = audio_data(config)
             model, train_s = fit(config, data, seed)

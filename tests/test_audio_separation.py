@@ -173,3 +173,20 @@ def test_recipes_train_a_few_steps_and_evaluate(tmp_path):
         train_recipe(
             "audio-sep", overrides={**over, "ae_steps": 5}, out=tmp_path / "x", steps=3, progress=False
         )
+
+
+def test_energy_weighted_autoencoder_loss_reduces_to_the_plain_one_on_flat_spectra():
+    sep = A.LatentFlowSeparator(
+        ae_channels=(8, 8), channels=8, mults=(1,), query_dim=4, ae_weighting="energy"
+    )
+    flat = torch.full((2, 1, A.SPEC_SIZE, A.SPEC_SIZE), 0.3)  # equal magnitudes: every weight is 1
+    torch.manual_seed(0)
+    weighted = sep._weighted_ae_loss(flat)
+    torch.manual_seed(0)
+    torch.testing.assert_close(weighted, sep.ae.loss(flat))
+    loud = flat.clone()
+    loud[..., :4, :] = 0.9  # loud bins weigh more than quiet ones
+    torch.manual_seed(0)
+    assert float(sep._weighted_ae_loss(loud)) != float(sep.ae.loss(loud))
+    with pytest.raises(ValueError, match="unknown ae_weighting"):
+        A.LatentFlowSeparator(ae_weighting="loud")

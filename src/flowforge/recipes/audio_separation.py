@@ -101,6 +101,7 @@ def build_separator(config: dict[str, Any]) -> nn.Module:
         ae_steps=int(config["ae_steps"]),
         latent_channels=int(config["latent_channels"]),
         ae_res_blocks=int(config["ae_res_blocks"]),
+        ae_weighting=str(config["ae_weighting"]),
         channels=int(config["channels"]),
         query_dim=int(config["query_dim"]),
     )
@@ -193,6 +194,7 @@ _DEFAULTS: dict[str, Any] = {
     "ae_steps": 500,
     "latent_channels": 4,
     "ae_res_blocks": 0,
+    "ae_weighting": "uniform",
     "channels": 16,
     "mask_channels": 16,
     "mask_blocks": 2,

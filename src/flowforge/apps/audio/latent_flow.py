@@ -45,13 +45,14 @@ from torch import Tensor, nn
 from flowforge.apps.audio.queries import BagOfWords, QueryTokenizer
 from flowforge.apps.audio.spectral import feature_magnitude, griffin_lim, log_features, stft, with_phase
 from flowforge.continuous import FlowMatching
-from flowforge.latent import KLAutoencoder
+from flowforge.latent import KLAutoencoder, gaussian_kl
 from flowforge.nn import UNet
 
 __all__ = ["LatentFlowSeparator", "unpack_batch", "SPEC_SIZE"]
 
 SPEC_SIZE = 64  # frequency bins and frames of a clip's spectrogram
 _PHASES = ("mixture", "griffin-lim")
+_WEIGHTINGS = ("uniform", "energy")
 
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,7 +92,7 @@ def decode_waveform(mag: Tensor, mixture_spec: Tensor, length: int, phase: str, 
 
 
 class LatentFlowSeparator(nn.Module):
-    """Query-conditioned latent rectified flow that separates one source from a mixture (see the module).
+    r"""Query-conditioned latent rectified flow that separates one source from a mixture (see the module).
 
     Args:
         ae_steps: training steps of the autoencoder phase (then the flow phase).
@@ -99,6 +100,10 @@ class LatentFlowSeparator(nn.Module):
         ae_channels: the autoencoder's widths per resolution level (64, 32, 16).
         ae_res_blocks: the autoencoder's residual blocks per level.
         kl_weight: the autoencoder's KL weight.
+        ae_weighting: ``"uniform"``: :class:`~flowforge.latent.KLAutoencoder`'s own loss (L1 on log features);
+            ``"energy"``: the L1 of each time-frequency bin weighted by
+            :math:`w = (|X| / \overline{|X|} + 0.1) / 1.1` (the clip's mean magnitude), since SI-SDR is
+            decided by the loud bins, which a log-domain loss treats like the silent ones.
         channels, mults, blocks, attention: the flow UNet's layout.
         query_dim: dimension of the bag-of-words query embedding.
     """
@@ -111,6 +116,7 @@ class LatentFlowSeparator(nn.Module):
         ae_channels: Sequence[int] = (8, 16, 32),
         ae_res_blocks: int = 1,
         kl_weight: float = 1e-4,
+        ae_weighting: str = "uniform",
         channels: int = 16,
         mults: Sequence[int] = (1, 2),
         blocks: int = 1,
@@ -120,6 +126,9 @@ class LatentFlowSeparator(nn.Module):
         super().__init__()
         if ae_steps < 0:
             raise ValueError(f"ae_steps must be >= 0, got {ae_steps}")
+        if ae_weighting not in _WEIGHTINGS:
+            raise ValueError(f"unknown ae_weighting {ae_weighting!r}; use one of {', '.join(_WEIGHTINGS)}")
+        self.ae_weighting = ae_weighting
         self.ae_steps = int(ae_steps)
         self.ae = KLAutoencoder(
             1,
@@ -163,7 +172,10 @@ class LatentFlowSeparator(nn.Module):
             self.steps_done += 1
         if step < self.ae_steps:  # half targets, half mixtures: the latents of both must decode
             half = f_src.shape[0] // 2
-            return self.ae.loss(torch.cat([f_src[half:], f_mix[:half]]))
+            f = torch.cat([f_src[half:], f_mix[:half]])
+            if self.ae_weighting == "uniform":
+                return self.ae.loss(f)
+            return self._weighted_ae_loss(f)
         with torch.no_grad():
             if step == self.ae_steps and self.training:  # freeze the latent statistics once
                 z = self.ae.encode(torch.cat([f_src, f_mix]))[0]
@@ -171,6 +183,14 @@ class LatentFlowSeparator(nn.Module):
                 self.latent_std.copy_(z.std((0, 2, 3)).clamp_min(1e-4))
             z_src, z_mix = self._latent(f_src), self._latent(f_mix)
         return self.fm.loss({"x": z_src, "extra": self._extra(z_mix, ids)})
+
+    def _weighted_ae_loss(self, f: Tensor) -> Tensor:
+        mean, logvar = self.ae.encode(f)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        mag = feature_magnitude(f)
+        w = (mag / mag.mean((-2, -1), keepdim=True).clamp_min(1e-8) + 0.1) / 1.1
+        rec = (w * (self.ae.decode_raw(z) - f).abs()).flatten(1).sum(1)
+        return (rec + self.ae.kl_weight * gaussian_kl(mean, logvar)).mean() / f[0].numel()
 
     @torch.no_grad()
     def separate(
