@@ -11,7 +11,8 @@ Training data are ``n_train`` two-source mixtures (:func:`~flowforge.apps.audio.
 target-to-interferer ratio in ``[-tir_db, tir_db]`` dB), each with one query asking for its target: the class
 token or a caption (``"rising chirp"``, ``"hiss"``, ...) with probability 1/2 each. ``audio-sep`` is a
 :class:`~flowforge.apps.audio.LatentFlowSeparator` (the first ``ae_steps`` steps train its spectrogram
-autoencoder, the rest the latent flow); ``audio-sep-mask`` a :class:`~flowforge.apps.audio.RatioMaskSeparator`.
+autoencoder, by default with the energy-weighted loss ``ae_weighting=energy``, the rest the latent flow);
+``audio-sep-mask`` a :class:`~flowforge.apps.audio.RatioMaskSeparator`.
 Both resynthesise with the mixture's phase (``--set phase=griffin-lim`` for Griffin-Lim). Flow runs sample
 with ``solver`` / ``sample_steps``; ``draws=K`` averages the magnitudes of K draws and ``clamp=true`` caps the
 estimate at the mixture's magnitude (sampling options, they can be changed with ``--set`` at train time).
@@ -194,7 +195,7 @@ _DEFAULTS: dict[str, Any] = {
     "ae_steps": 500,
     "latent_channels": 4,
     "ae_res_blocks": 0,
-    "ae_weighting": "uniform",
+    "ae_weighting": "energy",
     "channels": 16,
     "mask_channels": 16,
     "mask_blocks": 2,
