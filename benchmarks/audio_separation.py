@@ -146,13 +146,17 @@ def table(runs: list[dict]) -> None:
         nfe = (k or 1) * rs[0].get("draws", 1)
         print(f"| {method} | {rs[0]['params']} | {nfe} | " + " | ".join(cells) + " |")
     r0 = runs[0]
-    ae = [r["si_sdri_autoencoder"] for r in runs if r["si_sdri_autoencoder"] is not None]
     print(
         f"| mixture (floor) | - | - | 0 | 0 | 0 | {r0['si_sdr_mixture']:.2f} | - |\n"
-        f"| ideal ratio mask (oracle) | - | - | - | - | {r0['si_sdri_oracle']:.2f} | {r0['si_sdr_oracle']:.2f} | - |\n"
-        f"| flow's autoencoder ceiling (true target encoded/decoded) | - | - | - | - | "
-        f"{sum(ae) / max(1, len(ae)):.2f} | - | - |"
+        f"| ideal ratio mask (oracle) | - | - | - | - | {r0['si_sdri_oracle']:.2f} | {r0['si_sdr_oracle']:.2f} | - |"
     )
+    for (method, _), rs in groups.items():
+        if method.startswith("flow") and ", " not in method:
+            ae = torch.tensor([r["si_sdri_autoencoder"] for r in rs], dtype=torch.float64)
+            spread = f" ± {float(ae.std()):.2f}" if len(rs) > 1 else ""
+            print(
+                f"| {method}: autoencoder ceiling (true target) | - | - | - | - | {float(ae.mean()):.2f}{spread} | - | - |"
+            )
 
 
 if __name__ == "__main__":
