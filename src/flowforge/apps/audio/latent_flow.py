@@ -13,7 +13,7 @@ channels,
           x_t = t z_s + (1 - t) x_0,\ x_0 \sim N(0, I).
 
 Separation integrates the ODE from noise, decodes the latent to log-magnitudes and inverts the STFT with the
-mixture's phase (FlowSep uses a vocoder; Griffin-Lim is the option without the mixture's phase).
+mixture's phase (FlowSep uses a vocoder; Griffin-Lim iterations started from the mixture's phase are the option).
 
 Training has two phases in one model, so one ``flowforge train`` run does both: the first ``ae_steps``
 calls of :meth:`loss` train the autoencoder (on target and mixture spectrograms), then the autoencoder is
@@ -83,11 +83,15 @@ def spectrogram_features(wave: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def decode_waveform(mag: Tensor, mixture_spec: Tensor, length: int, phase: str, gl_iters: int) -> Tensor:
-    """Waveforms from magnitudes ``(B, F, T)``: mixture phase, or Griffin-Lim started from zero phase."""
+    """Waveforms from magnitudes ``(B, F, T)``: the mixture's phase, or Griffin-Lim started from it.
+
+    (Griffin-Lim from zero phase reaches a consistent spectrogram but not the waveform: on the true target
+    magnitudes it gives SI-SDRi -17 dB after 32 iterations, against +38 dB started from the mixture's phase.)
+    """
     if phase == "mixture":
         return with_phase(mag, mixture_spec, length)
     if phase == "griffin-lim":
-        return griffin_lim(mag, length, iters=gl_iters)
+        return griffin_lim(mag, length, iters=gl_iters, init=mixture_spec)
     raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(_PHASES)}")
 
 
@@ -213,7 +217,7 @@ class LatentFlowSeparator(nn.Module):
             query_ids: ``(B, W)`` token ids (:class:`~flowforge.apps.audio.QueryTokenizer`).
             steps, solver: the ODE solver from noise (``t = 0``) to the target's latent (``t = 1``).
             generator: the source of the initial noise.
-            phase: ``"mixture"`` (the mixture's phase) or ``"griffin-lim"``.
+            phase: ``"mixture"`` (the mixture's phase) or ``"griffin-lim"`` (started from it).
             gl_iters: Griffin-Lim iterations.
             draws: average the magnitudes of this many independent draws (1: one posterior sample;
                 more approaches the posterior mean, which is what SI-SDR rewards).
