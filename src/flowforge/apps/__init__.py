@@ -1,5 +1,7 @@
 """Science and application parts built on the families, data and metrics: one folder an application.
 
+- :mod:`flowforge.apps.audio`: language-queried separation of procedural 8 kHz sounds (FlowSep's latent
+  rectified flow on [mixture, query] against a ratio-mask regressor), SI-SDR.
 - :mod:`flowforge.apps.molecules`: property optimisation of molecules with a discrete flow (InVirtuoGen's
   genetic algorithm + PPO), PMO-style oracle budgets and top-10 AUC.
 - :mod:`flowforge.apps.turbulence`: a pseudo-spectral 2-D Navier-Stokes solver, storage of turbulent fields
