@@ -19,7 +19,9 @@ denoised as soon as it is generated.
 
 Here :math:`D_\phi` embeds each frame as one token (a linear map of the flattened frame plus a learned
 frame position), runs a :class:`~flowforge.nn.transformer.CausalTransformer` over the frames and maps
-each token back to a frame through a zero-initialised projection (so it starts as "no correction").
+each token back to a frame through a zero-initialised projection, plus a zero-initialised linear map of the
+frame itself (the score of a Gaussian is linear, and the trunk's final layer norm cannot carry scale); it
+starts as "no correction".
 
 Example:
     >>> den = FlowScoreDenoiser(frames=4, frame_shape=(1, 2, 2), width=16, layers=1, head_dim=8, sigma=0.1)
@@ -81,7 +83,9 @@ class FlowScoreDenoiser(nn.Module):
         self.pos = nn.Parameter(torch.randn(self.frames, width) * 1e-2)
         self.trunk = CausalTransformer(width, layers, head_dim=head_dim)
         self.out = nn.Linear(width, self.frame_dim)
-        nn.init.zeros_(self.out.weight)
+        self.skip = nn.Linear(self.frame_dim, self.frame_dim, bias=False)  # the Gaussian part of the score
+        for lin in (self.out, self.skip):
+            nn.init.zeros_(lin.weight)
         nn.init.zeros_(self.out.bias)
 
     def _check(self, x: Tensor) -> None:
@@ -95,8 +99,9 @@ class FlowScoreDenoiser(nn.Module):
         r"""Predicted :math:`\sigma\nabla\log p_\sigma(x)`, ``(B, F, *frame)``; frame ``f`` reads frames ``<= f``."""
         self._check(x)
         b = x.shape[0]
-        h = self.inp(x.reshape(b, self.frames, self.frame_dim)) + self.pos
-        return self.out(self.trunk(h)).reshape(x.shape)
+        flat = x.reshape(b, self.frames, self.frame_dim)
+        h = self.inp(flat) + self.pos
+        return (self.out(self.trunk(h)) + self.skip(flat)).reshape(x.shape)
 
     def loss(self, x_noisy: Tensor, scaled_score: Tensor) -> Tensor:
         r"""Flow-score matching: mean squared error to the target :math:`\sigma\nabla\log p_\theta(\tilde x)`."""

@@ -110,6 +110,8 @@ class VideoTARFlow(Flow):
         denoiser_width: width of the causal flow-score denoiser trained with the flow (0: none).
         denoiser_layers: its depth.
         denoiser_weight: weight of the flow-score-matching term in :meth:`loss`.
+        denoiser_batch: the term uses the first this many videos of a batch (its score target costs a
+            forward and backward pass of the flow on them); None: the whole batch.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class VideoTARFlow(Flow):
         denoiser_width: int = 0,
         denoiser_layers: int = 2,
         denoiser_weight: float = 1.0,
+        denoiser_batch: int | None = None,
     ) -> None:
         frame_shape = tuple(int(s) for s in frame_shape)
         if frames < 1:
@@ -162,6 +165,9 @@ class VideoTARFlow(Flow):
         self.frames, self.frame_shape, self.patch = int(frames), frame_shape, int(patch)
         self.tokens, self.token_dim = n_tok, tdim
         self.noise_std, self.denoiser_weight = float(noise_std), float(denoiser_weight)
+        if denoiser_batch is not None and denoiser_batch < 1:
+            raise ValueError(f"denoiser_batch must be >= 1 (or None: the whole batch), got {denoiser_batch}")
+        self.denoiser_batch = denoiser_batch
         self.denoiser = (
             FlowScoreDenoiser(
                 frames, frame_shape, denoiser_width, denoiser_layers, head_dim=head_dim, sigma=noise_std
@@ -325,8 +331,8 @@ class VideoTARFlow(Flow):
     def loss(self, batch: Any) -> Tensor:
         r"""NLL in nats a dimension on :math:`x + \sigma\epsilon`, plus the flow-score-matching term.
 
-        With a denoiser: ``+ denoiser_weight * ||D(x~) - sigma grad log p(x~)||^2`` (mean), the target
-        detached (it trains the denoiser only). The noise comes from torch's global generator (the
+        With a denoiser: ``+ denoiser_weight * ||D(x~) - sigma grad log p(x~)||^2`` (mean over the first
+        ``denoiser_batch`` videos), the target detached (it trains the denoiser only). The noise comes from torch's global generator (the
         trainer seeds it).
         """
         x, cond = split_batch(batch)
@@ -334,13 +340,12 @@ class VideoTARFlow(Flow):
         dim = math.prod(self.event_shape)
         if self.noise_std > 0:
             x = x + self.noise_std * torch.randn_like(x)
+        nll = -(self.log_prob(x) / dim).mean()
         if self.denoiser is None:
-            return -(self.log_prob(x) / dim).mean()
-        xg = x.detach().requires_grad_(True)
-        logp = self.log_prob(xg)
-        (grad,) = torch.autograd.grad(logp.sum(), xg, retain_graph=True)
-        fsm = self.denoiser.loss(xg.detach(), self.noise_std * grad)
-        return -(logp / dim).mean() + self.denoiser_weight * fsm
+            return nll
+        sub = x[: self.denoiser_batch].detach()
+        fsm = self.denoiser.loss(sub, self.noise_std * self.score(sub))
+        return nll + self.denoiser_weight * fsm
 
     def generator(self) -> VideoTARFlow:
         return self

@@ -100,6 +100,7 @@ def build_video_flow(config: dict[str, Any]) -> VideoTARFlow:
         noise_std=float(config["noise_std"]),
         denoiser_width=int(config["denoiser_width"]),
         denoiser_layers=int(config["denoiser_layers"]),
+        denoiser_batch=int(config["denoiser_batch"]) or None,
     )
 
 
@@ -176,9 +177,10 @@ _DEFAULTS: dict[str, Any] = {
     "noise_std": 0.1,
     "denoiser_width": 64,
     "denoiser_layers": 2,
-    "steps": 2000,
+    "denoiser_batch": 16,
+    "steps": 1500,
     "batch_size": 64,
-    "lr": 1e-3,
+    "lr": 2e-3,
     "warmup": 100,
     "grad_clip": 1.0,
     "ema_decay": 0.999,
