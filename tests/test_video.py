@@ -151,6 +151,16 @@ def test_sprite_videos_are_seeded_bounce_inside_the_canvas_and_move_at_their_spe
     assert c.min() >= 0 and c.max() <= 7
     step = (c[:, 1:] - c[:, :-1]).norm(dim=-1)
     assert step.max() <= 1.5 + 1e-9  # reflection is 1-Lipschitz
+    # elastic bounces: the centre is the unfolded straight line folded into [0, L] (a triangle wave)
+    c, _ = sprite_trajectories(
+        50, frames=20, size=8, speed=(0.5, 1.5), generator=torch.Generator().manual_seed(1)
+    )
+    g = torch.Generator().manual_seed(1)  # the same draws, in sprite_trajectories' order
+    p0 = torch.rand(50, 2, 2, generator=g, dtype=F64) * 7
+    ang = torch.rand(50, 2, generator=g, dtype=F64) * 2 * torch.pi
+    v = torch.stack([ang.cos(), ang.sin()], -1) * (0.5 + torch.rand(50, 2, generator=g, dtype=F64))[..., None]
+    line = p0[:, None] + v[:, None] * torch.arange(20, dtype=F64).view(1, -1, 1, 1)
+    assert torch.allclose(c, 7 - (7 - line.remainder(14)).abs(), atol=1e-9)
     # on a huge canvas nothing bounces: constant velocity with a speed in the range
     c, _ = sprite_trajectories(200, frames=5, size=10**8, speed=(0.5, 1.5), generator=g)
     v = c[:, 1:] - c[:, :-1]
