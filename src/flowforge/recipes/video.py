@@ -19,7 +19,9 @@ seed ``50_000``, the control a fresh draw with seed ``60_000 + seed``):
 * ``jacobi_max_abs_diff``: max ``|x_jacobi - x_sequential|`` over all pixels (before denoising);
   ``sequential_seconds`` / ``jacobi_seconds`` (wall, this process's threads) and ``jacobi_speedup``;
   ``sequential_passes`` / ``jacobi_passes``: transformer calls (all blocks); ``jacobi_iters_deep``: the
-  deep block's fixed-point iterations (its sequential count is ``frames * tokens``).
+  deep block's fixed-point iterations (its sequential count is ``frames * tokens``); ``float32_floor``:
+  max ``|x_sequential - x_sequential_float64|`` (float32 rounding along the autoregressive chain; Jacobi
+  cannot match sequential decoding more closely than this).
 * ``fd_frames_{raw,tweedie,learned,control}``: Frechet distance of frames in fixed random-conv features
   (:func:`~flowforge.apps.video.frame_fd`) between the held-out videos and: raw samples, samples after
   Tweedie with the flow's own score, after the learned causal denoiser, and a fresh draw of true videos
@@ -36,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -57,6 +60,7 @@ VIDEO_METRICS = (
     "sequential_passes",
     "jacobi_passes",
     "jacobi_iters_deep",
+    "float32_floor",
     *(f"fd_frames_{k}" for k in _DENOISERS),
     *(f"fd_pairs_{k}" for k in _DENOISERS),
     "nll",
@@ -145,7 +149,12 @@ def video_evaluate(
         "sequential_passes": int(seq_stats["transformer_calls"]),
         "jacobi_passes": int(jac_stats["transformer_calls"]),
         "jacobi_iters_deep": int(jac_stats["jacobi_iters"][0]),
+        "float32_floor": None,
     }
+    if "float32_floor" in metrics and z.dtype == torch.float32:
+        with torch.no_grad():
+            x64 = copy.deepcopy(model).double().inverse(z.double(), method="sequential")[0]
+        values["float32_floor"] = float((x_seq.double() - x64).abs().max())
     for key, x in samples.items():
         values[f"fd_frames_{key}"] = None if x is None else frame_fd(x, test)
         values[f"fd_pairs_{key}"] = None if x is None else pair_fd(x, test)
@@ -186,7 +195,7 @@ _DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.999,
     "threads": 1,
     "eval_samples": 512,
-    "jacobi_tol": 1e-9,
+    "jacobi_tol": 1e-12,
     "method": "jacobi",
 }
 
