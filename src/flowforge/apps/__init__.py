@@ -8,6 +8,8 @@
   by downsampling and their decoders (bicubic, spectral, wavelet, SR-GAN, conditional flow matching).
 - :mod:`flowforge.apps.traversal`: latent traversals as wave-equation potential flows (Song et al., ICML 2023)
   on a blob decoder with known factors, against linear / PCA directions, scored by traversal purity.
+- :mod:`flowforge.apps.video`: bouncing-sprite videos and Frechet distances of frames and frame pairs, for the
+  frame-causal :class:`~flowforge.normalizing.VideoTARFlow` (STARFlow-V on toy data).
 
 Layer: ``apps`` may import ``core``, ``nn``, the families, ``data`` and ``metrics``.
 """

@@ -15,6 +15,8 @@ file                                       names (method -> file)
 ``normalizing/linear.py``                  ``Permutation``, ``Reverse``, ``RandomPermutation``, ``ActNorm``, ``LULinear``
 ``normalizing/flows.py``                   ``NSF``, ``MAF``, ``RealNVP``, ``NAF``, ``UNAF`` (named flows, :class:`Flow` subclasses)
 ``normalizing/tarflow.py``                 ``TARFlow``, ``TARFlowBlock``
+``normalizing/video_tarflow.py``           ``VideoTARFlow`` (frame-causal global-local TARFlow, STARFlow-V)
+``normalizing/flow_score_denoiser.py``     ``FlowScoreDenoiser`` (causal denoiser on the flow's score, STARFlow-V)
 ``normalizing/residual.py``                ``ResidualFlow``, ``ResidualBlock``, ``LipSwish`` (i-ResNet / Residual Flows)
 ``normalizing/cnf.py``                     ``CNF``, ``FFJORD`` (continuous normalizing flows, RNODE regularisers)
 ``normalizing/glow.py``                    ``Glow``, ``ActNorm2d``, ``InvConv2d``, ``AffineCoupling2d``, ``Squeeze``
@@ -39,6 +41,7 @@ from flowforge.normalizing.equivariant_coupling import (
     EquivariantCoupling,
 )
 from flowforge.normalizing.flow import Affine, Compose, Flow, StandardNormal
+from flowforge.normalizing.flow_score_denoiser import FlowScoreDenoiser
 from flowforge.normalizing.flows import MAF, NAF, NSF, UNAF, RealNVP
 from flowforge.normalizing.glow import ActNorm2d, AffineCoupling2d, Glow, InvConv2d, Squeeze
 from flowforge.normalizing.importance import (
@@ -60,6 +63,7 @@ from flowforge.normalizing.smc import SMCResult, smc
 from flowforge.normalizing.splines import rq_spline
 from flowforge.normalizing.tarflow import TARFlow, TARFlowBlock
 from flowforge.normalizing.transferable import BoundTransferableFlow, TransferableTARFlow
+from flowforge.normalizing.video_tarflow import VideoTARFlow
 
 __all__ = [
     "BoundTransferableFlow",
@@ -106,6 +110,8 @@ __all__ = [
     "StandardNormal",
     "TARFlow",
     "TARFlowBlock",
+    "VideoTARFlow",
+    "FlowScoreDenoiser",
     "clenshaw_curtis",
     "effective_sample_size",
     "importance_sample",
