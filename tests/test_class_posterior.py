@@ -78,7 +78,9 @@ def test_two_stage_inpainting_draws_the_class_from_the_posterior_run(tmp_path):
     e = M.inpaint_extra(torch.randn(3, 1, 8, 8), M.half_mask(3, 8, 8, "left"))
     with torch.no_grad():
         assert torch.equal(b_model.net(x, t, extra=e), grown.net(x, t, extra=e, y=torch.tensor([1, 5, 10])))
-    cls = _train("mnist-inpaint", tmp_path / "cls", steps=1, conditional=True, init_from=str(base))
+    # the sample-grid monitor fills holes of a conditional run too (every step here)
+    cls = _train("mnist-inpaint", tmp_path / "cls", steps=2, conditional=True, init_from=str(base), sample_every=1)
+    assert len(list((cls / "samples").glob("step_*.png"))) == 2
     c_cfg = load_run(cls)[1]
 
     known, mask = torch.rand(6, 1, 8, 8) * 2 - 1, M.half_mask(6, 8, 8, "top")
