@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from flowforge import FlowMatching
-from flowforge.apps.scenes3d import GaussianGridReconstructor, render_views, sample_scenes
+from flowforge.apps.scenes3d import GaussianGridReconstructor, render_views, sample_scenes, view_features
 from flowforge.data.images import load_digits
 from flowforge.latent import FeatureAutoencoder, KLAutoencoder, LatentModel, LatentStandardizer, latent_stats
 from flowforge.metrics import frechet_distance
@@ -109,12 +108,6 @@ def fae_part(a) -> dict:
             rows.append(row)
     out["rows"] = rows
     return out
-
-
-def view_features(views: torch.Tensor) -> torch.Tensor:
-    """The 96-d FD feature space of the scenes part: each view and colour average-pooled to 4x4."""
-    b = views.shape[0]
-    return F.adaptive_avg_pool2d(views.flatten(1, 2), 4).reshape(b, -1).double()
 
 
 VARIANTS = {

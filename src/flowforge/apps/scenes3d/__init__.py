@@ -13,9 +13,11 @@ part                                       file                    what it does
 :func:`sample_scenes`                      ``scenes.py``           random scenes ``(B, K, 8)``
 :func:`render_views`, :func:`column_density`  ``render.py``        two exact pixel-integrated views
 :class:`GaussianGridReconstructor`         ``reconstruction.py``   views -> latent grid -> views
+:func:`view_features`                      ``features.py``         96-d pooled views, the FD feature space
 =========================================  ======================  ======================================
 """
 
+from flowforge.apps.scenes3d.features import view_features
 from flowforge.apps.scenes3d.reconstruction import GaussianGridReconstructor
 from flowforge.apps.scenes3d.render import SCENE_FIELDS, column_density, render_views, tone_map
 from flowforge.apps.scenes3d.scenes import sample_scenes
@@ -27,4 +29,5 @@ __all__ = [
     "render_views",
     "sample_scenes",
     "tone_map",
+    "view_features",
 ]
