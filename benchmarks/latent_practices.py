@@ -43,7 +43,15 @@ from flowforge.train import train
 def fit(model, data, steps, lr, seed, batch_size=64, ema=0.995):
     t = time.time()
     run = train(
-        model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False, threads=1, ema_decay=ema
+        model,
+        data,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=False,
+        threads=1,
+        ema_decay=ema,
     )
     print(f"  trained {type(model).__name__} {steps} steps in {time.time() - t:.0f}s", flush=True)
     return run.load_into(copy.deepcopy(model), ema=True).eval()
@@ -138,8 +146,11 @@ def scenes_part(a) -> dict:
     out["control_fd_reconstructions"] = frechet_distance(view_features(recon), f_te)
     std = u.transpose(0, 1).flatten(1).std(1)
     out["latent_channel_std"] = [round(float(s), 3) for s in std]
-    print(f"reconstructor: mse {out['recon_mse']:.4f}, FD of reconstructions {out['control_fd_reconstructions']:.4f}, "
-          f"latent channel std {out['latent_channel_std']}", flush=True)
+    print(
+        f"reconstructor: mse {out['recon_mse']:.4f}, FD of reconstructions {out['control_fd_reconstructions']:.4f}, "
+        f"latent channel std {out['latent_channel_std']}",
+        flush=True,
+    )
     rows = []
     for seed in a.seeds:
         for name in a.variants:
@@ -160,7 +171,12 @@ def scenes_part(a) -> dict:
             g = torch.Generator().manual_seed(1000 + seed)
             with torch.no_grad():
                 x = lm.generator().sample(n_eval, solver="heun", steps=20, generator=g)
-            row = dict(seed=seed, variant=name, fd=frechet_distance(view_features(x), f_te), seconds=round(time.time() - t0))
+            row = dict(
+                seed=seed,
+                variant=name,
+                fd=frechet_distance(view_features(x), f_te),
+                seconds=round(time.time() - t0),
+            )
             print(json.dumps(row), flush=True)
             rows.append(row)
     out["rows"] = rows

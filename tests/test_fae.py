@@ -12,7 +12,9 @@ pytest.importorskip("sklearn")
 
 def tiny_fae(**kw) -> FeatureAutoencoder:
     torch.manual_seed(0)
-    return FeatureAutoencoder(PatchFeatureNet(image_size=8, patch=2, dim=16), num_tokens=16, feature_dim=16, **kw)
+    return FeatureAutoencoder(
+        PatchFeatureNet(image_size=8, patch=2, dim=16), num_tokens=16, feature_dim=16, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,4 +101,6 @@ def test_fae_recipes_train_and_evaluate(tmp_path):
     x = sample(tmp_path / "lat", 4, steps=2)
     assert x.shape == (4, 1, 8, 8) and x.dtype == torch.uint8
     with pytest.raises(FileNotFoundError, match="train one first"):
-        train_recipe("digits-fae-latent", overrides={"fae_run": str(tmp_path / "nothing")}, out=tmp_path / "x", steps=1)
+        train_recipe(
+            "digits-fae-latent", overrides={"fae_run": str(tmp_path / "nothing")}, out=tmp_path / "x", steps=1
+        )

@@ -106,12 +106,16 @@ class FeatureAutoencoder(nn.Module):
         if num_tokens < 1 or side * side != num_tokens:
             raise ValueError(f"num_tokens must be a square (tokens on a grid), got {num_tokens}")
         if feature_dim < 1 or latent_dim < 1 or width < 1:
-            raise ValueError(f"feature_dim, latent_dim, width must be >= 1; got {feature_dim}, {latent_dim}, {width}")
+            raise ValueError(
+                f"feature_dim, latent_dim, width must be >= 1; got {feature_dim}, {latent_dim}, {width}"
+            )
         if feature_dim % heads:
             raise ValueError(f"feature_dim ({feature_dim}) must be divisible by heads ({heads})")
         c, h, w = (int(v) for v in image_shape)
         if h != w or h % side:
-            raise ValueError(f"image_shape {tuple(image_shape)} must be square with a side divisible by {side}")
+            raise ValueError(
+                f"image_shape {tuple(image_shape)} must be square with a side divisible by {side}"
+            )
         if kl_weight < 0 or pixel_weight < 0:
             raise ValueError(f"kl_weight and pixel_weight must be >= 0, got {kl_weight}, {pixel_weight}")
         self.features = features

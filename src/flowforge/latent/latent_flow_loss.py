@@ -92,7 +92,9 @@ def latent_flow_matching_loss(
             f"spatial weights and a decoder-space loss need a FlowMatching inner model, got {type(fm).__name__}"
         )
     if not isinstance(fm.distance, SquaredError) or fm.weighting is not None:
-        raise ValueError("latent_flow_matching_loss supports the squared-error distance without time weighting")
+        raise ValueError(
+            "latent_flow_matching_loss supports the squared-error distance without time weighting"
+        )
     if not isinstance(fm.coupling, Independent):
         raise ValueError("latent_flow_matching_loss supports the independent coupling only")
     if decoder_weight < 0:

@@ -202,7 +202,9 @@ class LatentModel(nn.Module):
         if decoder_loss < 0:
             raise ValueError(f"decoder_loss must be >= 0 (0: off), got {decoder_loss}")
         if spatial_weight is not None and not callable(spatial_weight):
-            raise TypeError("spatial_weight must be a function of the raw latents (B, C, *grid) -> (B, *grid)")
+            raise TypeError(
+                "spatial_weight must be a function of the raw latents (B, C, *grid) -> (B, *grid)"
+            )
         self.spatial_weight = spatial_weight
         self.decoder_loss = float(decoder_loss)
         self.decoder_features = decoder_features

@@ -9,7 +9,6 @@ small images: two 3x3 convolutions at full resolution, a stride-``patch`` convol
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["PatchFeatureNet"]
@@ -26,6 +25,7 @@ class PatchFeatureNet(nn.Module):
         num_classes: classes of the training head.
 
     Example:
+        >>> import torch
         >>> net = PatchFeatureNet(image_size=8, patch=2, dim=32)
         >>> x = torch.rand(3, 1, 8, 8) * 2 - 1
         >>> net.tokens(x).shape, net(x).shape
@@ -39,7 +39,9 @@ class PatchFeatureNet(nn.Module):
         if patch < 1 or image_size % patch:
             raise ValueError(f"image_size ({image_size}) must be a multiple of patch ({patch} >= 1)")
         if min(in_channels, dim, num_classes) < 1:
-            raise ValueError(f"in_channels, dim, num_classes must be >= 1, got {in_channels}, {dim}, {num_classes}")
+            raise ValueError(
+                f"in_channels, dim, num_classes must be >= 1, got {in_channels}, {dim}, {num_classes}"
+            )
         self.in_channels, self.image_size, self.patch, self.dim = in_channels, image_size, patch, dim
         self.num_tokens = (image_size // patch) ** 2
         self.body = nn.Sequential(
@@ -58,7 +60,9 @@ class PatchFeatureNet(nn.Module):
         """Patch tokens ``(B, N, dim)`` (row-major over the token grid) of images ``x: (B, C, H, W)``."""
         want = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"PatchFeatureNet expects images (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"PatchFeatureNet expects images (B, {', '.join(map(str, want))}), got {tuple(x.shape)}"
+            )
         return self.body(x).flatten(2).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -35,7 +35,9 @@ __all__ = ["pretrain_classifier", "linear_probe_accuracy", "build_fae", "build_f
 _PRETRAINED: dict[tuple, PatchFeatureNet] = {}
 
 
-def pretrain_classifier(net: nn.Module, x: Tensor, y: Tensor, *, steps: int, seed: int, lr: float = 3e-3) -> nn.Module:
+def pretrain_classifier(
+    net: nn.Module, x: Tensor, y: Tensor, *, steps: int, seed: int, lr: float = 3e-3
+) -> nn.Module:
     """Train ``net`` (images -> logits) as a classifier with AdamW (batch 64, one-pixel random shifts), then
     freeze it (eval mode, no gradients). Uses a forked RNG: the caller's random streams are untouched."""
     with torch.random.fork_rng(devices=[]):
@@ -73,7 +75,12 @@ def _digits(split: str) -> tuple[Tensor, Tensor]:
 
 
 def _feature_key(config: dict[str, Any]) -> tuple:
-    return (int(config["patch"]), int(config["feature_dim"]), int(config["feature_steps"]), int(config["feature_seed"]))
+    return (
+        int(config["patch"]),
+        int(config["feature_dim"]),
+        int(config["feature_steps"]),
+        int(config["feature_seed"]),
+    )
 
 
 def fae_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -190,7 +197,17 @@ def _load_fae(config: dict[str, Any]) -> tuple[FeatureAutoencoder, dict[str, Any
     return fae, fae_config
 
 
-_FAE_KEYS = ("patch", "feature_dim", "feature_steps", "feature_seed", "latent_dim", "heads", "width", "kl_weight", "pixel_weight")
+_FAE_KEYS = (
+    "patch",
+    "feature_dim",
+    "feature_steps",
+    "feature_seed",
+    "latent_dim",
+    "heads",
+    "width",
+    "kl_weight",
+    "pixel_weight",
+)
 
 
 def fae_latent_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -230,7 +247,10 @@ class FAELatentGenerator:
 
 def fae_latent_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
     """``solver`` and ``steps`` (defaults: the run's ``solver``, ``sample_steps``)."""
-    return {"solver": given.get("solver", config["solver"]), "steps": int(given.get("steps", config["sample_steps"]))}
+    return {
+        "solver": given.get("solver", config["solver"]),
+        "steps": int(given.get("steps", config["sample_steps"])),
+    }
 
 
 def fae_latent_evaluate(
@@ -248,7 +268,9 @@ def fae_latent_evaluate(
     n = int(n or config["eval_n"])
     if "fd" in metrics:
         gen = FAELatentGenerator(model, config)
-        x = gen.sample(n, generator=torch.Generator().manual_seed(seed), **fae_latent_kwargs(config, options, n))
+        x = gen.sample(
+            n, generator=torch.Generator().manual_seed(seed), **fae_latent_kwargs(config, options, n)
+        )
         out.update(image_metrics_of(x, check_images(data(), config), config, ["fd"]), n=n)
     if "probe_acc" in metrics:
         out["probe_acc"] = _probe(model.autoencoder)

@@ -68,7 +68,9 @@ def gaussians3d_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Rendered training scenes; trains (once, cached for ``build``) the frozen reconstructor and records
     the latents' standardisation (``shift``, ``scale``) in the config."""
     if config["standardize"] not in _STANDARDIZE:
-        raise unknown_choice("standardize", config["standardize"], _STANDARDIZE, hint="--set standardize=channel")
+        raise unknown_choice(
+            "standardize", config["standardize"], _STANDARDIZE, hint="--set standardize=channel"
+        )
     views = scene_views(config, int(config["n_train"]), int(config["data_seed"]))
     key = _rec_key(config)
     if key not in _PRETRAINED:
@@ -79,7 +81,11 @@ def gaussians3d_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     st = LatentStandardizer(rec.latent_channels, per_channel=config["standardize"] == "channel")
     if config["standardize"] != "none":
         st.fit(u)
-    return views, {"shift": st.shift.tolist(), "scale": st.scale.tolist(), "latent_shape": list(rec.latent_shape)}
+    return views, {
+        "shift": st.shift.tolist(),
+        "scale": st.scale.tolist(),
+        "latent_shape": list(rec.latent_shape),
+    }
 
 
 def build_gaussians3d(config: dict[str, Any]) -> LatentModel:
@@ -115,7 +121,10 @@ class SceneGenerator:
 
 def scene_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
     """``solver`` and ``steps`` (defaults: the run's ``solver``, ``sample_steps``)."""
-    return {"solver": given.get("solver", config["solver"]), "steps": int(given.get("steps", config["sample_steps"]))}
+    return {
+        "solver": given.get("solver", config["solver"]),
+        "steps": int(given.get("steps", config["sample_steps"])),
+    }
 
 
 def gaussians3d_evaluate(

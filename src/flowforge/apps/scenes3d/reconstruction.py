@@ -59,7 +59,13 @@ class GaussianGridReconstructor(nn.Module):
     latent_channels = LATENT_CHANNELS
 
     def __init__(
-        self, image_size: int = 16, grid: int = 4, width: int = 32, *, sigma_min: float = 0.04, w_max: float = 3.0
+        self,
+        image_size: int = 16,
+        grid: int = 4,
+        width: int = 32,
+        *,
+        sigma_min: float = 0.04,
+        w_max: float = 3.0,
     ) -> None:
         super().__init__()
         if grid < 1 or image_size % grid:
@@ -107,10 +113,11 @@ class GaussianGridReconstructor(nn.Module):
         """Latent grid ``(B, 8, G, G, G)`` and a zero log-variance of the same shape (a deterministic encoder)."""
         self._check_views(views)
         b = views.shape[0]
-        f = self.view_net(views.flatten(0, 1)).unflatten(0, (b, 2)) + self.view_embed  # (B, 2, F, G, G): rows y
+        # per-view feature maps (B, 2, F, G, G), rows y; columns x (view 0) or z (view 1)
+        f = self.view_net(views.flatten(0, 1)).unflatten(0, (b, 2)) + self.view_embed
         front = f[:, 0].transpose(-1, -2)  # (B, F, x, y)
-        side = f[:, 1].permute(0, 1, 3, 2)  # (B, F, z, y)
-        vol = front[..., None] + side.permute(0, 1, 3, 2)[:, :, None]  # (B, F, x, y, z)
+        side = f[:, 1]  # (B, F, y, z)
+        vol = front[..., None] + side[:, :, None]  # back-projection: (B, F, x, y, z)
         pos = self.centres.to(vol.dtype).expand(b, -1, -1, -1, -1)
         z = self.cell_net(torch.cat([vol, pos], 1))
         return z, torch.zeros_like(z)
@@ -144,5 +151,3 @@ class GaussianGridReconstructor(nn.Module):
         """Mean squared reconstruction error of the views (a scalar); the batch is views or ``(views, ...)``."""
         views, _ = split_batch(batch)
         return (self(views) - views).square().mean()
-
-
