@@ -92,6 +92,14 @@ class GaussianGridReconstructor(nn.Module):
             nn.SiLU(),
             nn.Conv3d(width, LATENT_CHANNELS, 1),
         )
+        # start from faint, small Gaussians (opacity 0.02, sigma ~ sigma_min + 0.06): 64 cells at opacity 0.5
+        # and sigma 0.7 would saturate the tone map everywhere and leave no gradient to learn from
+        last = self.cell_net[-1]
+        with torch.no_grad():
+            last.weight.mul_(0.1)
+            last.bias.zero_()
+            last.bias[0] = -4.0
+            last.bias[4] = -2.8
         c = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
         cx, cy, cz = torch.meshgrid(c, c, c, indexing="ij")
         self.register_buffer("centres", torch.stack([cx, cy, cz]), persistent=False)  # (3, G, G, G)
