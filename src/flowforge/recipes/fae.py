@@ -90,7 +90,9 @@ def fae_data(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     x, y = _digits("train")
     key = _feature_key(config)
     if key not in _PRETRAINED:
-        net = PatchFeatureNet(image_size=8, patch=key[0], dim=key[1])
+        with torch.random.fork_rng(devices=[]):  # the run's own random stream is left as it was
+            torch.manual_seed(key[3])
+            net = PatchFeatureNet(image_size=8, patch=key[0], dim=key[1])
         _PRETRAINED[key] = pretrain_classifier(net, x, y, steps=key[2], seed=key[3])
     xt, yt = _digits("test")
     acc = float((_PRETRAINED[key](xt).argmax(1) == yt).float().mean())
