@@ -8,8 +8,9 @@ trained once, frozen) is the "pretrained encoder"; the FAE (one attention layer 
 -> pixels) and a KLAutoencoder with a 6-d latent (1x1 grid) train for the same steps; then the same latent
 flow matching (MLP, per-channel standardised latents) on each. FD of 1,438 samples against the 359 test
 images in the shipped digits classifier's features (flowforge.metrics, a different network from the FAE's
-feature encoder), linear-probe accuracy of the latent means (logistic regression, train -> test).
-Control: FD of the 1,438 train images against the test images.
+feature encoder) and in raw pixels (64-d), linear-probe accuracy of the latent means (logistic regression,
+train -> test). Control: FD of the 1,438 train images against the test images. ``--random-features``
+adds the same FAE on an untrained feature network (does the pretraining matter?).
 
 Scenes part: scenes of 3 coloured Gaussians rendered to two 16x16 views; a GaussianGridReconstructor
 (views -> 8x4x4x4 grid of Gaussians) trained once and frozen; a latent flow (MLP on the 512-d grid) with
@@ -75,10 +76,18 @@ def fae_part(a) -> dict:
     tr, te = load_digits("train"), load_digits("test")
     xtr, xte = unit(tr.x), unit(te.x)
     out: dict = {"control_fd_train_vs_test": image_metrics(xtr, xte, dataset="digits", metrics=["fd"])["fd"]}
-    print(f"control: FD(train images, test images) = {out['control_fd_train_vs_test']:.2f}", flush=True)
+    out["control_fd_pixels_train_vs_test"] = frechet_distance(
+        xtr.flatten(1).double(), xte.flatten(1).double()
+    )
+    print(
+        f"control: FD(train images, test images) = {out['control_fd_train_vs_test']:.2f} (classifier features), "
+        f"{out['control_fd_pixels_train_vs_test']:.2f} (64 pixels)",
+        flush=True,
+    )
     ae_steps, fm_steps = (60, 60) if a.quick else (a.ae_steps, a.fm_steps)
     rows = []
     for seed in a.seeds:
+        torch.manual_seed(seed)
         feats = pretrain_classifier(
             PatchFeatureNet(image_size=8, patch=2, dim=32), xtr, tr.y, steps=40 if a.quick else 600, seed=seed
         )
@@ -88,7 +97,14 @@ def fae_part(a) -> dict:
         fae = FeatureAutoencoder(feats, num_tokens=16, feature_dim=32, latent_dim=6, width=64)
         torch.manual_seed(seed)
         kl = KLAutoencoder(image_size=8, latent_channels=6, channels=(16, 32, 32), downsample=8)
-        for name, ae in (("fae", fae), ("pixel_ae", kl)):
+        models = [("fae", fae), ("pixel_ae", kl)]
+        if a.random_features:  # ablation: the same FAE on an untrained (random) feature network
+            torch.manual_seed(seed)
+            rand = PatchFeatureNet(image_size=8, patch=2, dim=32).eval().requires_grad_(False)
+            torch.manual_seed(seed)
+            models.insert(1, ("fae_random_features", FeatureAutoencoder(rand, num_tokens=16, feature_dim=32)))
+        models = [m for m in models if m[0] in a.models]
+        for name, ae in models:
             t0 = time.time()
             ae = fit(ae, xtr, ae_steps, 1e-3, seed)
             n_par = sum(p.numel() for p in ae.parameters() if p.requires_grad)
@@ -102,6 +118,7 @@ def fae_part(a) -> dict:
             with torch.no_grad():
                 x = lm.generator().sample(len(xtr), solver="heun", steps=20, generator=g).clamp(-1, 1)
             fd = image_metrics(x, xte, dataset="digits", metrics=["fd"])["fd"]
+            fd_pix = frechet_distance(x.flatten(1).double(), xte.flatten(1).double())
             row = dict(
                 seed=seed,
                 model=name,
@@ -110,6 +127,7 @@ def fae_part(a) -> dict:
                 recon_fd=rec_fd,
                 probe_acc=probe,
                 fd=fd,
+                fd_pixels=fd_pix,
                 seconds=round(time.time() - t0),
             )
             print(json.dumps(row), flush=True)
@@ -124,6 +142,8 @@ VARIANTS = {
     "+spatial_weights": dict(per_channel=False, weights=True, decoder=0.0),
     "+decoder_loss": dict(per_channel=False, weights=False, decoder=1.0),
     "all_three": dict(per_channel=True, weights=True, decoder=1.0),
+    "standardise+spatial_weights": dict(per_channel=True, weights=True, decoder=0.0),
+    "standardise+decoder_loss": dict(per_channel=True, weights=False, decoder=1.0),
 }
 
 
@@ -146,6 +166,9 @@ def scenes_part(a) -> dict:
     out["control_fd_reconstructions"] = frechet_distance(view_features(recon), f_te)
     std = u.transpose(0, 1).flatten(1).std(1)
     out["latent_channel_std"] = [round(float(s), 3) for s in std]
+    out["latent_channel_mean"] = [round(float(m), 3) for m in u.transpose(0, 1).flatten(1).mean(1)]
+    out["latent_global_mean_std"] = [round(float(u.mean()), 3), round(float(u.std()), 3)]
+    print(f"latent channel means {out['latent_channel_mean']}, global {out['latent_global_mean_std']}")
     print(
         f"reconstructor: mse {out['recon_mse']:.4f}, FD of reconstructions {out['control_fd_reconstructions']:.4f}, "
         f"latent channel std {out['latent_channel_std']}",
@@ -191,7 +214,11 @@ def main() -> None:
     p.add_argument("--fm-steps", type=int, default=2000)
     p.add_argument("--rec-steps", type=int, default=600)
     p.add_argument("--scene-fm-steps", type=int, default=1500)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:5], choices=list(VARIANTS))
+    p.add_argument("--models", nargs="+", default=["fae", "fae_random_features", "pixel_ae"])
+    p.add_argument(
+        "--random-features", action="store_true", help="add the FAE on an untrained feature network"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--out", default="benchmarks/RESULTS-latent_practices.json")
     a = p.parse_args()
