@@ -15,7 +15,7 @@ scenes against the same held-out scenes), ``recon_fd`` (the frozen encoder's rec
 Defaults follow ``benchmarks/latent_practices.py`` (16x16 views, 800 reconstructor steps, 1,000 flow steps,
 seeds 0 and 1; FD of 2,000 samples, fresh-draw control 0.016, reconstruction floor 0.38): one global
 shift/scale gives FD 65 / 69, per-channel standardisation 0.78 / 0.84, adding the decoder-space loss to it
-0.61 (seed 1), adding opacity weights to it 1.19 (seed 1; on top of the global standardisation 69 / 75). So
+0.57 / 0.61, adding opacity weights to it 1.12 / 1.19 (on top of the global standardisation 69 / 75). So
 ``standardize=channel`` and ``decoder_loss=1`` are on and ``spatial_weights`` is off by default.
 """
 
