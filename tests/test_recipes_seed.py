@@ -62,6 +62,9 @@ EXTRA = {
     "torus-aldp": {"data_dir": str(ALDP)},  # 64 MD frames (or the cached trajectory's first 64)
     "ising-ebgfn": {"side": 3, "n_data": 64, "gibbs_sweeps": 5},  # its Gibbs data: seconds at full size
     "chains-transfer": {"train_lengths": "4", "per_length": 2},  # PT reference of 2 chains, not 12
+    # their frozen encoders (a feature classifier, a 3-D reconstructor) pretrain in the data step
+    "digits-fae": {"feature_steps": 2, "feature_dim": 16},
+    "gaussians3d-latent": {"rec_steps": 2, "rec_width": 4, "image_size": 8},
     # the whole oracle budget runs in the trainer's one step
     "smiles-optimize": {
         "budget": 40,
@@ -90,9 +93,14 @@ _TINY_IMAGES = {
 }
 for _name, _recipe in RECIPES.items():
     if _recipe.kind == "image" and not _name.endswith("-tarflow"):
-        EXTRA[_name] = {k: v for k, v in _TINY_IMAGES.items() if k in _recipe.defaults}
+        EXTRA[_name] = {
+            **{k: v for k, v in _TINY_IMAGES.items() if k in _recipe.defaults},
+            **EXTRA.get(_name, {}),
+        }
 #: recipes that build on an autoencoder run (trained once, tiny, by the ``tiny_ae`` fixture)
 NEEDS_AE = {name for name, r in RECIPES.items() if "ae_run" in r.defaults}
+#: recipes that build on a digits-fae run (trained once, tiny, by the ``tiny_fae`` fixture)
+NEEDS_FAE = {name for name, r in RECIPES.items() if "fae_run" in r.defaults}
 #: distillation recipes: their teacher run's recipe (trained once, tiny, by the ``tiny_teacher`` fixture)
 NEEDS_TEACHER = {
     name: r.defaults["teacher_run"].removeprefix("runs/")
@@ -152,6 +160,13 @@ def tiny_ae(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_fae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fae") / "run"
+    train_recipe("digits-fae", overrides=_overrides("digits-fae"), out=out, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     trained: dict[str, Path] = {}
 
@@ -180,6 +195,8 @@ def test_same_seed_same_run_bit_for_bit(name, tmp_path, monkeypatch, request):
     overrides = _overrides(name)
     if name in NEEDS_AE:
         overrides["ae_run"] = str(request.getfixturevalue("tiny_ae"))
+    if name in NEEDS_FAE:
+        overrides["fae_run"] = str(request.getfixturevalue("tiny_fae"))
     if name in NEEDS_SMILES_BASE:
         overrides["init_from"] = str(request.getfixturevalue("tiny_smiles_base"))
     if name in NEEDS_TEACHER:

@@ -24,13 +24,14 @@ gives the first part).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from flowforge.core.batch import split_batch
+from flowforge.latent.latent_flow_loss import latent_flow_matching_loss
 
 __all__ = ["LatentModel", "LatentGenerator", "latent_stats"]
 
@@ -145,6 +146,14 @@ class LatentModel(nn.Module):
         scale: :math:`c`, likewise (positive).
         sample_posterior: train on posterior samples ``mean + sigma * eps`` (global generator) instead
             of the posterior means.
+        spatial_weight: importance of each latent position, ``u -> (B, *grid)`` (>= 0) of the raw
+            (un-standardised) latents ``u: (B, C, *grid)``, e.g. ``0.1 + occupancy(u)``; weights the
+            flow-matching loss per position (normalised to mean 1 per sample, see
+            :func:`~flowforge.latent.latent_flow_matching_loss`). Needs a FlowMatching inner model.
+        decoder_loss: :math:`\lambda` of a decoder-space loss: squared error between the decoded data
+            prediction :math:`D(c \hat z_1 + s)` and the decoded latent :math:`D(c z_1 + s)` (0: off).
+        decoder_features: a feature map :math:`\phi` applied to both decoded outputs (a perceptual
+            substitute); ``None``: the decoder's output space itself.
 
     Example:
         >>> from flowforge import FlowMatching
@@ -169,6 +178,9 @@ class LatentModel(nn.Module):
         shift: float | Tensor,
         scale: float | Tensor,
         sample_posterior: bool = False,
+        spatial_weight: Callable[[Tensor], Tensor] | None = None,
+        decoder_loss: float = 0.0,
+        decoder_features: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         for name in ("encode", "decode"):
@@ -187,6 +199,15 @@ class LatentModel(nn.Module):
         self.autoencoder.requires_grad_(False)
         self.autoencoder.eval()
         self.sample_posterior = bool(sample_posterior)
+        if decoder_loss < 0:
+            raise ValueError(f"decoder_loss must be >= 0 (0: off), got {decoder_loss}")
+        if spatial_weight is not None and not callable(spatial_weight):
+            raise TypeError(
+                "spatial_weight must be a function of the raw latents (B, C, *grid) -> (B, *grid)"
+            )
+        self.spatial_weight = spatial_weight
+        self.decoder_loss = float(decoder_loss)
+        self.decoder_features = decoder_features
         self.register_buffer("shift", self._per_channel(shift, c, "shift"))
         self.register_buffer("scale", self._per_channel(scale, c, "scale"))
         if not bool((self.scale > 0).all()):
@@ -253,6 +274,22 @@ class LatentModel(nn.Module):
         p = next(self.inner.parameters(), None)
         if p is not None and p.is_floating_point():
             z = z.to(p.dtype)
+        if self.spatial_weight is not None or self.decoder_loss > 0:
+            weight = None
+            if self.spatial_weight is not None:
+                shift, scale = self._stats(z)
+                with torch.no_grad():
+                    weight = self.spatial_weight(z * scale + shift)
+            cond = {} if isinstance(batch, Tensor) else split_batch(batch)[1]
+            return latent_flow_matching_loss(
+                self.inner,  # type: ignore[arg-type]
+                z,
+                cond,
+                weight=weight,
+                decode=self.decode,
+                decoder_weight=self.decoder_loss,
+                features=self.decoder_features,
+            )
         if isinstance(batch, Tensor):
             return self.inner.loss(z)
         if isinstance(batch, Mapping):

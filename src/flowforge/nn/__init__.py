@@ -10,6 +10,7 @@ from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
 from flowforge.nn.mmdit import MMDiT, MMDiTBlock
 from flowforge.nn.particle_net import ParticleNet
+from flowforge.nn.patch_features import PatchFeatureNet
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
 from flowforge.nn.token_transformer import TokenTransformer
 from flowforge.nn.transformer import CausalTransformer, KVCache, StaticKVCache
@@ -19,6 +20,7 @@ from flowforge.nn.unet import UNet
 __all__ = [
     "MLP",
     "ParticleNet",
+    "PatchFeatureNet",
     "EGNN",
     "UNet",
     "DiT",
