@@ -79,7 +79,9 @@ def test_two_stage_inpainting_draws_the_class_from_the_posterior_run(tmp_path):
     with torch.no_grad():
         assert torch.equal(b_model.net(x, t, extra=e), grown.net(x, t, extra=e, y=torch.tensor([1, 5, 10])))
     # the sample-grid monitor fills holes of a conditional run too (every step here)
-    cls = _train("mnist-inpaint", tmp_path / "cls", steps=2, conditional=True, init_from=str(base), sample_every=1)
+    cls = _train(
+        "mnist-inpaint", tmp_path / "cls", steps=2, conditional=True, init_from=str(base), sample_every=1
+    )
     assert len(list((cls / "samples").glob("step_*.png"))) == 2
     c_cfg = load_run(cls)[1]
 

@@ -128,6 +128,10 @@ def test_every_exported_layer_is_listed_here():
     layers -= {"TransferableTARFlow", "BoundTransferableFlow"}
     # image layers (B, C, H, W): their own battery in tests/test_glow.py
     layers -= {"Glow", "ActNorm2d", "InvConv2d", "AffineCoupling2d", "Squeeze"}
+    # particles (B, N, d) on the mean-free subspace, with auxiliary variables: tests/test_eq_coupling.py
+    layers -= {"AugmentedEquivariantFlow", "EquivariantCoupling"}
+    # videos (B, F, ...) and the flow-score denoiser (not a bijection): tests/test_video.py
+    layers -= {"VideoTARFlow", "FlowScoreDenoiser"}
     assert layers <= set(LAYERS), f"add to LAYERS: {sorted(layers - set(LAYERS))}"
 
 
