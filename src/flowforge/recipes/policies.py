@@ -20,7 +20,7 @@ or right; bimodal demonstrations). ``reacher-*``: MuJoCo ``Reacher-v5``
 
 **Eval keys** (``flowforge eval`` JSON): ``success_rate`` over ``eval_episodes`` (or ``--n``) closed-loop
 episodes from fresh starts (seed ``--seed``); ``expert_success`` (the scripted expert on the same starts:
-the control); ``ms_per_action`` (median latency of one policy call on one observation, divided by
+the control); ``ms_per_action`` (best-of-30 latency of one policy call on one observation, divided by
 ``chunk``) and ``ms_per_call`` (one call on the whole batch of episodes); ``effective_rank`` and
 ``mean_distance`` of the observation embeddings of 256 start observations
 (:func:`~flowforge.apps.policies.embedding_stats`); ``steps``. ``sample`` draws action chunks at fresh
@@ -189,7 +189,7 @@ _COMMON: dict[str, Any] = {
     "adaptive_p": 0.0,
     "dispersive_weight": 0.0,
     "dispersive_layer": "obs_embed",
-    "tau": 1.0,
+    "tau": 0.5,
     "steps": 3_000,
     "batch_size": 256,
     "lr": 1e-3,

@@ -144,7 +144,8 @@ def rollout(
 
 
 def latency(policy: Policy, obs: Tensor, *, repeats: int = 50, seed: int = 0) -> float:
-    """Median seconds of one policy call on ``obs`` (e.g. one observation ``(1, obs_dim)``), after a warm-up."""
+    """Seconds of one policy call on ``obs`` (e.g. one observation ``(1, obs_dim)``): the best of ``repeats``
+    calls after a warm-up (the timeit convention: on a shared machine the minimum is the least disturbed)."""
     g = torch.Generator().manual_seed(seed)
     policy(obs, generator=g)
     times = []
@@ -152,4 +153,4 @@ def latency(policy: Policy, obs: Tensor, *, repeats: int = 50, seed: int = 0) ->
         t0 = time.perf_counter()
         policy(obs, generator=g)
         times.append(time.perf_counter() - t0)
-    return float(torch.tensor(times).median())
+    return min(times)
