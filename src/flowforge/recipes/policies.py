@@ -195,6 +195,7 @@ _COMMON: dict[str, Any] = {
     "lr": 1e-3,
     "warmup": 0,
     "grad_clip": 1.0,
+    "schedule": "cosine",
     "ema_decay": 0.995,
     "threads": 1,
     "sample_steps": 10,
