@@ -194,8 +194,10 @@ _COMMON: dict[str, Any] = {
     "batch_size": 256,
     "lr": 1e-3,
     "warmup": 0,
-    "grad_clip": 1.0,
-    "schedule": "cosine",
+    # constant lr, no clipping: on reach (seed 0) flow-10 0.73 / MeanFlow 0.36 success against 0.56 / 0.26
+    # with a cosine decay and grad_clip=1 (BENCHMARKS, policies)
+    "grad_clip": 0.0,
+    "schedule": "constant",
     "ema_decay": 0.995,
     "threads": 1,
     "sample_steps": 10,
