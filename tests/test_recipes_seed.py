@@ -78,6 +78,10 @@ EXTRA = {
         "steps": 1,
     },  # fmt: skip
 }
+# policy recipes: a few expert episodes (MuJoCo's Reacher steps are Python calls)
+for _name in RECIPES:
+    if _name.startswith(("reach-", "reacher-")):
+        EXTRA[_name] = {"n_demos": 4}
 #: image recipes shrink to sklearn's digits (no file needed) and a tiny network
 _TINY_IMAGES = {
     "dataset": "digits",
@@ -115,6 +119,11 @@ SKIP = {
         {}
         if importlib.util.find_spec("rdkit") and importlib.util.find_spec("selfies")
         else {k: "rdkit or selfies is not installed" for k in ("selfies-uniform", "selfies-masked")}
+    ),
+    **(
+        {}
+        if importlib.util.find_spec("gymnasium") and importlib.util.find_spec("mujoco")
+        else {k: "gymnasium[mujoco] is not installed" for k in RECIPES if k.startswith("reacher-")}
     ),
     **({} if MNIST.is_dir() else {"mnist-tarflow": f"MNIST files not found at {MNIST}"}),
     **(

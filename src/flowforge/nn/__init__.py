@@ -9,6 +9,7 @@ from flowforge.nn.flops import flops_per_eval
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP
 from flowforge.nn.mmdit import MMDiT, MMDiTBlock
+from flowforge.nn.obs_mlp import ObsMLP
 from flowforge.nn.particle_net import ParticleNet
 from flowforge.nn.patch_features import PatchFeatureNet
 from flowforge.nn.policy import PolicyMLP, shared_trunk_policies
@@ -19,6 +20,7 @@ from flowforge.nn.unet import UNet
 
 __all__ = [
     "MLP",
+    "ObsMLP",
     "ParticleNet",
     "PatchFeatureNet",
     "EGNN",
