@@ -58,6 +58,7 @@ EXTRA = {
     "turbulence-sr": {"n": 32, "flows": 2, "snapshots": 4, "burn_in": 1.0, "channels": 8, "patch": 2},
     "audio-sep": {"ae_steps": 1, "eval_n": 4},  # the autoencoder phase must end before the 3 steps do
     "audio-sep-mask": {"eval_n": 4},
+    "sprites-latent-starflow-v": {"ae_steps": 1, "ae_channels": "8"},  # autoencoder, then 2 flow steps
     "aldp-bg": {"objective": "kl", "data_dir": str(ALDP)},  # its ML data are OpenMM MD (minutes)
     "torus-aldp": {"data_dir": str(ALDP)},  # 64 MD frames (or the cached trajectory's first 64)
     "ising-ebgfn": {"side": 3, "n_data": 64, "gibbs_sweeps": 5},  # its Gibbs data: seconds at full size

@@ -31,6 +31,15 @@ seed ``50_000``, the control a fresh draw with seed ``60_000 + seed``):
   ``learned`` is ``None`` without a denoiser.
 * ``nll``: held-out NLL of the noisy test videos in nats a dimension.
 
+``sprites-latent-starflow-v`` is the same flow on the latents of a per-frame
+:class:`~flowforge.latent.KLAutoencoder` (:class:`~flowforge.apps.video.LatentVideoFlow`: ``latent_channels``
+channels at ``size/2 x size/2``, widths ``ae_channels``): its first ``ae_steps`` steps train the
+autoencoder, the rest the flow on the frozen, standardised latents (``ema_decay`` 0.99 so that the
+averaged autoencoder catches up with the frozen one). Jacobi, passes, ``float32_floor`` and ``nll`` are in
+latent units (its NLL is not comparable with the pixel recipe's); the FDs are of decoded frames, with
+``fd_*_recon`` (the held-out videos through the autoencoder: the floor of a latent model) and
+``recon_mse``.
+
 Example:
     >>> from flowforge.recipes import get_recipe
     >>> r = get_recipe("sprites-starflow-v")
@@ -47,11 +56,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowforge.apps.video import frame_fd, moving_sprites, pair_fd
+from flowforge.apps.video import LatentVideoFlow, frame_fd, moving_sprites, pair_fd
 from flowforge.normalizing import VideoTARFlow
 from flowforge.recipes.registry import Recipe, register
 
-__all__ = ["VIDEO_METRICS", "build_video_flow", "video_data", "video_reference", "video_evaluate"]
+__all__ = [
+    "LATENT_VIDEO_METRICS",
+    "VIDEO_METRICS",
+    "build_latent_video_flow",
+    "build_video_flow",
+    "video_data",
+    "video_reference",
+    "video_evaluate",
+]
 
 _DENOISERS = ("raw", "tweedie", "learned", "control")
 VIDEO_METRICS = (
@@ -67,6 +84,7 @@ VIDEO_METRICS = (
     *(f"fd_pairs_{k}" for k in _DENOISERS),
     "nll",
 )
+LATENT_VIDEO_METRICS = (*VIDEO_METRICS, "recon_mse", "fd_frames_recon", "fd_pairs_recon")
 
 
 def _videos(config: dict[str, Any], n: int, seed: int) -> Tensor:
@@ -110,6 +128,34 @@ def build_video_flow(config: dict[str, Any]) -> VideoTARFlow:
     )
 
 
+def build_latent_video_flow(config: dict[str, Any]) -> LatentVideoFlow:
+    """A :class:`~flowforge.apps.video.LatentVideoFlow` (autoencoder phase, then the latent flow) from a flat config."""
+    if not 0 <= int(config["ae_steps"]) < int(config["steps"]):
+        raise ValueError(
+            f"ae_steps={config['ae_steps']} must be below steps={config['steps']} (the flow trains after the "
+            "autoencoder); e.g. --set ae_steps=500 with --steps 1500"
+        )
+    return LatentVideoFlow(
+        int(config["frames"]),
+        int(config["size"]),
+        latent_channels=int(config["latent_channels"]),
+        ae_channels=tuple(int(c) for c in str(config["ae_channels"]).split("-")),
+        ae_res_blocks=int(config["ae_res_blocks"]),
+        kl_weight=float(config["kl_weight"]),
+        ae_steps=int(config["ae_steps"]),
+        patch=int(config["patch"]),
+        blocks=int(config["blocks"]),
+        width=int(config["width"]),
+        layers=int(config["layers"]),
+        deep_layers=int(config["deep_layers"]),
+        head_dim=int(config["head_dim"]),
+        noise_std=float(config["noise_std"]),
+        denoiser_width=int(config["denoiser_width"]),
+        denoiser_layers=int(config["denoiser_layers"]),
+        denoiser_batch=int(config["denoiser_batch"]) or None,
+    )
+
+
 def _timed(fn: Any) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
@@ -126,24 +172,35 @@ def video_evaluate(
     seed: int = 0,
     **_: Any,
 ) -> dict[str, Any]:
-    """Jacobi against sequential decoding and FD with and without the denoisers (module docstring)."""
+    """Jacobi against sequential decoding and FD with and without the denoisers (module docstring).
+
+    A :class:`~flowforge.apps.video.LatentVideoFlow` is evaluated on its latent flow (Jacobi, passes,
+    float32 floor, NLL: all in latent units) and its decoded samples (FD); it adds ``recon_mse`` (the
+    autoencoder's mean squared error on the held-out videos) and ``fd_{frames,pairs}_recon`` (FD of those
+    reconstructions: what the latent flow can reach at best).
+    """
     model.eval()
+    latent = isinstance(model, LatentVideoFlow)
+    flow: VideoTARFlow = model.flow if latent else model
+
+    def decode(u: Tensor) -> Tensor:
+        with torch.no_grad():
+            return model.decode(u) if latent else u
+
     n = int(n or config["eval_samples"])
     test = data()
-    z = model.base.sample(n, torch.Generator().manual_seed(seed))
+    z = flow.base.sample(n, torch.Generator().manual_seed(seed))
     tol, zd = float(config["jacobi_tol"]), z[: int(config["decode_batch"])]
     seq_stats: dict[str, Any] = {}
     jac_stats: dict[str, Any] = {}
     with torch.no_grad():
-        (x_seq, _), t_seq = _timed(lambda: model.inverse(zd, method="sequential", stats=seq_stats))
-        (x_jac, _), t_jac = _timed(
-            lambda: model.inverse(zd, method="jacobi", jacobi_tol=tol, stats=jac_stats)
-        )
-        x = model.inverse(z, method="sequential")[0]  # the FD samples (the faster method on a CPU)
+        (x_seq, _), t_seq = _timed(lambda: flow.inverse(zd, method="sequential", stats=seq_stats))
+        (x_jac, _), t_jac = _timed(lambda: flow.inverse(zd, method="jacobi", jacobi_tol=tol, stats=jac_stats))
+        x = flow.inverse(z, method="sequential")[0]  # the FD samples (the faster method on a CPU)
     samples = {
-        "raw": x,
-        "tweedie": model.apply_denoiser(x, "tweedie") if model.noise_std > 0 else None,
-        "learned": model.apply_denoiser(x, "learned") if model.denoiser is not None else None,
+        "raw": decode(x),
+        "tweedie": decode(flow.apply_denoiser(x, "tweedie")) if flow.noise_std > 0 else None,
+        "learned": decode(flow.apply_denoiser(x, "learned")) if flow.denoiser is not None else None,
         "control": _videos(config, n, 60_000 + seed),
     }
     values: dict[str, Any] = {
@@ -158,16 +215,23 @@ def video_evaluate(
     }
     if "float32_floor" in metrics and z.dtype == torch.float32:
         with torch.no_grad():
-            x64 = copy.deepcopy(model).double().inverse(zd.double(), method="sequential")[0]
+            x64 = copy.deepcopy(flow).double().inverse(zd.double(), method="sequential")[0]
         values["float32_floor"] = float((x_seq.double() - x64).abs().max())
+    if latent:
+        with torch.no_grad():
+            test_u = model.encode(test)
+            samples["recon"] = model.decode(test_u)
+        values["recon_mse"] = float((samples["recon"] - test).square().mean())
+    else:
+        test_u = test
     for key, v in samples.items():
         values[f"fd_frames_{key}"] = None if v is None else frame_fd(v, test)
         values[f"fd_pairs_{key}"] = None if v is None else pair_fd(v, test)
     if "nll" in metrics:
         g = torch.Generator().manual_seed(seed + 1)
-        noisy = test + model.noise_std * torch.randn(test.shape, generator=g)
+        noisy = test_u + flow.noise_std * torch.randn(test_u.shape, generator=g)
         with torch.no_grad():
-            values["nll"] = float(-(model.log_prob(noisy) / noisy[0].numel()).mean())
+            values["nll"] = float(-(flow.log_prob(noisy) / noisy[0].numel()).mean())
     out = {m: values.get(m) for m in metrics}
     out["eval_samples"] = n
     return out
@@ -222,6 +286,39 @@ register(
         reference=video_reference,
         evaluate=video_evaluate,
         metrics=VIDEO_METRICS,
+        picture=lambda samples, config: samples.flatten(0, 1)[:, 0],
+        kind="normalizing",
+    )
+)
+
+_LATENT_DEFAULTS: dict[str, Any] = {
+    **_DEFAULTS,
+    "latent_channels": 2,
+    "ae_channels": "16-32",
+    "ae_res_blocks": 0,
+    "kl_weight": 1e-4,
+    "ae_steps": 500,
+    "steps": 2000,
+    "ema_decay": 0.99,
+}
+
+register(
+    Recipe(
+        name="sprites-latent-starflow-v",
+        summary="frame-causal TARFlow on per-frame KL-autoencoder latents of sprite videos (STARFlow-V latent)",
+        defaults=_LATENT_DEFAULTS,
+        build=build_latent_video_flow,
+        data=video_data,
+        generator=lambda model, config: model.eval(),
+        sample_options=lambda config: ("method",),
+        sample_kwargs=lambda config, given, n: {
+            "method": given.get("method", config["method"]),
+            "jacobi_tol": float(config["jacobi_tol"]),
+        },
+        eval_options=lambda config: ("n",),
+        reference=video_reference,
+        evaluate=video_evaluate,
+        metrics=LATENT_VIDEO_METRICS,
         picture=lambda samples, config: samples.flatten(0, 1)[:, 0],
         kind="normalizing",
     )
