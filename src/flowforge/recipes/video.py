@@ -45,6 +45,9 @@ Example:
     >>> r = get_recipe("sprites-starflow-v")
     >>> r.defaults["frames"], r.defaults["size"], "jacobi_max_abs_diff" in r.metrics
     (8, 8, True)
+    >>> lat = get_recipe("sprites-latent-starflow-v")
+    >>> lat.defaults["latent_channels"], lat.defaults["ae_steps"], "fd_frames_recon" in lat.metrics
+    (4, 500, True)
 """
 
 from __future__ import annotations
@@ -293,7 +296,7 @@ register(
 
 _LATENT_DEFAULTS: dict[str, Any] = {
     **_DEFAULTS,
-    "latent_channels": 2,
+    "latent_channels": 4,  # 4x4x4 latents in 2x2 patches: 4 tokens of 16 a frame (2 channels: worse FD)
     "ae_channels": "16-32",
     "ae_res_blocks": 0,
     "kl_weight": 1e-4,
