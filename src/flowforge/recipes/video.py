@@ -272,28 +272,6 @@ _DEFAULTS: dict[str, Any] = {
     "method": "jacobi",
 }
 
-register(
-    Recipe(
-        name="sprites-starflow-v",
-        summary="frame-causal TARFlow (STARFlow-V global-local, Jacobi, flow-score denoiser) on sprite videos",
-        defaults=_DEFAULTS,
-        build=build_video_flow,
-        data=video_data,
-        generator=lambda model, config: model.eval(),
-        sample_options=lambda config: ("method",),
-        sample_kwargs=lambda config, given, n: {
-            "method": given.get("method", config["method"]),
-            "jacobi_tol": float(config["jacobi_tol"]),
-        },
-        eval_options=lambda config: ("n",),
-        reference=video_reference,
-        evaluate=video_evaluate,
-        metrics=VIDEO_METRICS,
-        picture=lambda samples, config: samples.flatten(0, 1)[:, 0],
-        kind="normalizing",
-    )
-)
-
 _LATENT_DEFAULTS: dict[str, Any] = {
     **_DEFAULTS,
     "latent_channels": 4,  # 4x4x4 latents in 2x2 patches: 4 tokens of 16 a frame (2 channels: worse FD)
@@ -305,24 +283,43 @@ _LATENT_DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.99,
 }
 
-register(
-    Recipe(
-        name="sprites-latent-starflow-v",
-        summary="frame-causal TARFlow on per-frame KL-autoencoder latents of sprite videos (STARFlow-V latent)",
-        defaults=_LATENT_DEFAULTS,
-        build=build_latent_video_flow,
-        data=video_data,
-        generator=lambda model, config: model.eval(),
-        sample_options=lambda config: ("method",),
-        sample_kwargs=lambda config, given, n: {
-            "method": given.get("method", config["method"]),
-            "jacobi_tol": float(config["jacobi_tol"]),
-        },
-        eval_options=lambda config: ("n",),
-        reference=video_reference,
-        evaluate=video_evaluate,
-        metrics=LATENT_VIDEO_METRICS,
-        picture=lambda samples, config: samples.flatten(0, 1)[:, 0],
-        kind="normalizing",
+
+def _video_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
+    """``sample`` keywords: the decoding ``method`` (given or the run's) and its Jacobi tolerance."""
+    return {"method": given.get("method", config["method"]), "jacobi_tol": float(config["jacobi_tol"])}
+
+
+for _name, _summary, _defaults, _build, _metrics in (
+    (
+        "sprites-starflow-v",
+        "frame-causal TARFlow (STARFlow-V global-local, Jacobi, flow-score denoiser) on sprite videos",
+        _DEFAULTS,
+        build_video_flow,
+        VIDEO_METRICS,
+    ),
+    (
+        "sprites-latent-starflow-v",
+        "frame-causal TARFlow on per-frame KL-autoencoder latents of sprite videos (STARFlow-V latent)",
+        _LATENT_DEFAULTS,
+        build_latent_video_flow,
+        LATENT_VIDEO_METRICS,
+    ),
+):
+    register(
+        Recipe(
+            name=_name,
+            summary=_summary,
+            defaults=_defaults,
+            build=_build,
+            data=video_data,
+            generator=lambda model, config: model.eval(),
+            sample_options=lambda config: ("method",),
+            sample_kwargs=_video_sample_kwargs,
+            eval_options=lambda config: ("n",),
+            reference=video_reference,
+            evaluate=video_evaluate,
+            metrics=_metrics,
+            picture=lambda samples, config: samples.flatten(0, 1)[:, 0],
+            kind="normalizing",
+        )
     )
-)
