@@ -14,8 +14,10 @@ from flowforge.apps.active_matter import (
     em_step,
     entropy_production,
     epr_closed_form,
+    epr_heat,
     epr_lyapunov,
     epr_split,
+    equilibrium_score,
     exact_score,
     exact_step,
     exact_transition,
@@ -405,3 +407,82 @@ def test_aoup_recipes_train_and_evaluate(tmp_path):
     assert {"epr_quadratic", "epr_divergence", "estimator_gap", "epr_free"} <= set(res)
     with pytest.raises(ValueError, match="closed form"):
         evaluate(tmp_path / "box", metrics=["epr_closed_form"])
+
+
+# ---------------------------------------------------------------- equilibrium baseline and score-free EPR
+def test_equilibrium_score_is_a_gradient_field_free_of_v0():
+    """s_eq = ((b_x - v0 g)/eps, -g): the exact score at v0 = 0, so it does not depend on v0 and its x-part
+    is a gradient (a symmetric Jacobian); for a linear trap at v0 = 0 it is the exact score."""
+    box = AOUP(n_particles=5, v0=1.3, eps=0.2, k=2.5, box=box_half_width(5, 0.5))
+    z = simulate_stationary(box, 4, dt=1e-2, burn_in=2.0, generator=torch.Generator().manual_seed(30))
+    still = AOUP(n_particles=5, v0=0.0, eps=0.2, k=2.5, box=box.box)
+    assert torch.allclose(equilibrium_score(box, z), equilibrium_score(still, z), atol=1e-12)
+    x = z[0, :, 0].clone()
+
+    def sx(flat):
+        zz = z[:1].clone()
+        zz[0, :, 0] = flat.reshape(x.shape)
+        return equilibrium_score(box, zz)[0, :, 0].reshape(-1)
+
+    J = torch.autograd.functional.jacobian(sx, x.reshape(-1))
+    assert float(J.abs().max()) > 1.0  # the particles touch: the repulsion is felt
+    assert torch.allclose(J, J.T, atol=1e-9)
+    trap = AOUP(n_particles=2, A=0.8, v0=0.0, eps=0.3)
+    zt = torch.randn(6, 2, 2, 2, dtype=F64, generator=torch.Generator().manual_seed(31))
+    assert torch.allclose(equilibrium_score(trap, zt), exact_score(trap, zt))
+    with pytest.raises(ValueError, match="eps > 0"):
+        equilibrium_score(AOUP(A=1.0, eps=0.0), zt[:, :1])
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_residual_estimators_equal_the_full_score_estimators(divergence):
+    """entropy_production(residual=True) on delta must equal the plain call on s_eq + delta: the closed-form
+    divergence of D s_eq (= div b) replaces the probed one."""
+    sys = AOUP(n_particles=3, v0=0.8, eps=0.1, k=2.5, box=box_half_width(3, 0.5))
+    z = simulate_stationary(sys, 64, dt=1e-2, burn_in=2.0, generator=torch.Generator().manual_seed(32))
+    torch.manual_seed(3)
+    net = ParticleNet(2, 2, 16, 2, box=sys.box).double()
+    model = StationaryScore(net, sys, baseline="equilibrium")
+    full = entropy_production(sys, z, model, divergence="exact")
+    res = entropy_production(sys, z, model.residual, residual=True, divergence=divergence, n_probes=64,
+                             generator=torch.Generator().manual_seed(4))  # fmt: skip
+    assert res.quadratic == pytest.approx(full.quadratic, rel=1e-9)
+    tol = 1e-9 * abs(full.divergence_form) if divergence == "exact" else 5 * full.divergence_form_se
+    assert res.divergence_form == pytest.approx(full.divergence_form, abs=tol)
+    via_model = model.entropy_production(z, divergence="exact")
+    assert via_model.divergence_form == pytest.approx(full.divergence_form, rel=1e-9)
+
+
+def test_score_free_epr_matches_the_closed_form_and_vanishes_in_equilibrium():
+    for row in (TABLE[0][0], TABLE[1][0]):
+        sys = _trap(row, n=2)
+        z = simulate_stationary(sys, 100_000, generator=torch.Generator().manual_seed(33))
+        mean, se = epr_heat(sys, z)
+        assert abs(mean - epr_closed_form(sys)) < 4 * se, (mean, se, epr_closed_form(sys))
+    # in a box at v0 = 0 (detailed balance) it is zero up to the EM step's O(dt) bias
+    still = AOUP(n_particles=4, v0=0.0, eps=0.1, k=2.5, box=box_half_width(4, 0.5))
+    z = simulate_stationary(still, 20_000, dt=5e-3, burn_in=5.0, thin=0.5, n_chains=400,
+                            generator=torch.Generator().manual_seed(34))  # fmt: skip
+    mean, se = epr_heat(still, z)
+    assert abs(mean) < 0.05 * 4 * 2 * 1.0**2 / 0.1 and abs(mean) < 6 * se + 0.3, (mean, se)
+    with pytest.raises(ValueError, match="eps > 0"):
+        epr_heat(AOUP(A=1.0, eps=0.0), z[:2, :1])
+
+
+def test_equilibrium_baseline_training_recovers_the_trap_epr():
+    sys = _trap(TABLE[0][0])
+    g = torch.Generator().manual_seed(35)
+    z = simulate_stationary(sys, 8000, generator=g).float()
+    torch.manual_seed(0)
+    model = StationaryScore(MLP(dim=(1, 2, 2), width=32, depth=2), sys, dt=0.1, baseline="equilibrium")
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(400):
+        loss_value = model.loss(z[torch.randint(len(z), (256,), generator=g)])
+        opt.zero_grad()
+        loss_value.backward()
+        opt.step()
+    ep = model.entropy_production(z)
+    assert ep.quadratic == pytest.approx(epr_closed_form(sys), rel=0.05)
+    assert ep.divergence_form == pytest.approx(epr_closed_form(sys), rel=0.05)
+    with pytest.raises(ValueError, match="baseline"):
+        StationaryScore(MLP(dim=(1, 2, 2), width=8, depth=1), sys, baseline="free")

@@ -14,6 +14,8 @@ part                                              file                          
 :class:`StationaryScore`                          ``stationary_score.py``         a network as the score, with its loss
 :func:`probability_flow_velocity`                 ``probability_flow.py``         ``v = b - D s``
 :func:`entropy_production`                        ``entropy_production.py``       two EPR estimators, per particle
+:func:`equilibrium_score`                         ``equilibrium.py``              exact ``v0 = 0`` score: a baseline
+:func:`epr_heat`                                  ``heat_dissipation.py``         score-free EPR, the truth in a box
 :func:`spatial_decomposition`                     ``decomposition.py``            EPR density binned by position
 :func:`jacobian_diagonal`                         ``jacobian.py``                 exact / Hutchinson Jacobian diagonal
 :class:`LangevinSampler`                          ``langevin.py``                 samples from a score (the recipes' sample)
@@ -25,6 +27,8 @@ The permutation-equivariant network for interacting particles is :class:`flowfor
 from flowforge.apps.active_matter.aoup import AOUP, join_state, split_state
 from flowforge.apps.active_matter.decomposition import SpatialMap, spatial_decomposition
 from flowforge.apps.active_matter.entropy_production import EntropyProduction, entropy_production
+from flowforge.apps.active_matter.equilibrium import equilibrium_score
+from flowforge.apps.active_matter.heat_dissipation import epr_heat
 from flowforge.apps.active_matter.implicit_score_matching import implicit_score_matching_loss
 from flowforge.apps.active_matter.increment_dsm import increment_dsm_loss
 from flowforge.apps.active_matter.jacobian import jacobian_diagonal
@@ -40,7 +44,7 @@ from flowforge.apps.active_matter.simulator import (
     simulate_stationary,
     step,
 )
-from flowforge.apps.active_matter.stationary_score import SCORE_LOSSES, StationaryScore
+from flowforge.apps.active_matter.stationary_score import SCORE_BASELINES, SCORE_LOSSES, StationaryScore
 from flowforge.apps.active_matter.trap import (
     drift_matrix,
     epr_closed_form,
@@ -56,6 +60,7 @@ __all__ = [
     "AOUP",
     "EntropyProduction",
     "LangevinSampler",
+    "SCORE_BASELINES",
     "SCORE_LOSSES",
     "SpatialMap",
     "StationaryScore",
@@ -64,7 +69,9 @@ __all__ = [
     "drift_matrix",
     "em_step",
     "entropy_production",
+    "equilibrium_score",
     "epr_closed_form",
+    "epr_heat",
     "epr_lyapunov",
     "epr_split",
     "exact_score",

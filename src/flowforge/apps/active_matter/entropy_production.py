@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from flowforge.apps.active_matter.aoup import AOUP, split_state
+from flowforge.apps.active_matter.equilibrium import equilibrium_score
 from flowforge.apps.active_matter.jacobian import DiagonalMethod, jacobian_diagonal
 
 __all__ = ["EntropyProduction", "entropy_production"]
@@ -113,8 +114,9 @@ def entropy_production(
     n_probes: int = 1,
     generator: torch.Generator | None = None,
     batch_size: int = 2048,
+    residual: bool = False,
 ) -> EntropyProduction:
-    """Both EPR estimators on stationary samples ``z`` ``(B, N, 2, d)`` for a score function.
+    r"""Both EPR estimators on stationary samples ``z`` ``(B, N, 2, d)`` for a score function.
 
     Args:
         system: the AOUP.
@@ -125,6 +127,9 @@ def entropy_production(
         n_probes: probes per state for ``"hutchinson"``.
         generator: the source of Hutchinson probes.
         batch_size: states per chunk (bounds the memory of the divergence).
+        residual: ``score`` is the residual :math:`\delta` about the equilibrium score
+            (:func:`~flowforge.apps.active_matter.equilibrium_score`): the score is :math:`s_{eq} + \delta`,
+            and the divergence of :math:`D s_{eq}` is taken in closed form (only :math:`\delta` is probed).
     """
     system.check_state(z)
     if z.shape[0] < 1:
@@ -137,11 +142,15 @@ def entropy_production(
         s, diag_s = jacobian_diagonal(score, chunk, divergence, n_probes=n_probes, generator=generator)
         system.check_state(s, "score(z)")
         b = system.drift(chunk)
-        v = b - D * s
-        quad = (v * v * D_inv).sum(-1)  # (B, N, 2): x and g parts per particle
         # per-particle divergence of v over the noisy coordinates: div b - sum D d s_k / d z_k
         div_b = system.drift_divergence(chunk) * noisy.any(-1)
-        div_v = div_b.sum(-1) - (D * diag_s).sum((-2, -1))
+        div_ds = (D * diag_s).sum((-2, -1))
+        if residual:  # s = s_eq + delta, and div(D s_eq) = div b exactly
+            s = s + equilibrium_score(system, chunk)
+            div_ds = div_ds + div_b.sum(-1)
+        v = b - D * s
+        quad = (v * v * D_inv).sum(-1)  # (B, N, 2): x and g parts per particle
+        div_v = div_b.sum(-1) - div_ds
         work = (v * b * D_inv).sum((-2, -1))
         quad_parts.append(quad.sum(-1))
         div_parts.append(work + div_v)

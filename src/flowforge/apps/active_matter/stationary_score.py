@@ -7,6 +7,10 @@ r"""A learned stationary score :math:`s_\theta(z) \approx \nabla\log\rho(z)` of 
 - ``loss="ism"``: implicit score matching with an ``"exact"`` or ``"hutchinson"`` divergence
   (:func:`~flowforge.apps.active_matter.implicit_score_matching_loss`), over the noisy coordinates.
 
+With ``baseline="equilibrium"`` the network learns only the residual about the exact ``v0 = 0`` score,
+``s = s_eq + net`` (:func:`~flowforge.apps.active_matter.equilibrium_score`): the stiff repulsion is then
+known rather than learned, which matters at low activity, where it dominates the score.
+
 The score is time-independent: the network is called as ``net(z, t)`` (the flowforge contract) with
 ``t = 0``, and networks built for it (:class:`~flowforge.nn.ParticleNet`) ignore ``t``. ``loss(batch)``
 takes a ``(B, N, 2, d)`` batch of stationary states (what the trainer draws from the simulated data) and
@@ -32,14 +36,17 @@ from torch import Tensor, nn
 
 from flowforge.apps.active_matter.aoup import AOUP
 from flowforge.apps.active_matter.entropy_production import EntropyProduction, entropy_production
+from flowforge.apps.active_matter.equilibrium import equilibrium_score
 from flowforge.apps.active_matter.implicit_score_matching import implicit_score_matching_loss
 from flowforge.apps.active_matter.increment_dsm import increment_dsm_loss
 from flowforge.apps.active_matter.simulator import StepMethod
 
-__all__ = ["StationaryScore", "SCORE_LOSSES"]
+__all__ = ["StationaryScore", "SCORE_LOSSES", "SCORE_BASELINES"]
 
 #: the training losses :class:`StationaryScore` knows
 SCORE_LOSSES = ("dsm", "ism")
+#: what the network's output is added to
+SCORE_BASELINES = ("none", "equilibrium")
 
 
 class StationaryScore(nn.Module):
@@ -55,6 +62,8 @@ class StationaryScore(nn.Module):
         antithetic: antithetic increments for ``"dsm"``.
         divergence: ``"exact"`` or ``"hutchinson"`` for ``"ism"``.
         n_probes: Hutchinson probes per sample.
+        baseline: ``"none"`` (the network is the score) or ``"equilibrium"`` (the network is the residual
+            about the exact ``v0 = 0`` score; needs ``eps > 0``).
     """
 
     def __init__(
@@ -68,18 +77,31 @@ class StationaryScore(nn.Module):
         antithetic: bool = True,
         divergence: str = "hutchinson",
         n_probes: int = 1,
+        baseline: str = "none",
     ) -> None:
         super().__init__()
         if loss not in SCORE_LOSSES:
             raise ValueError(f"unknown score loss {loss!r}; write loss='dsm' (SDE increments) or loss='ism'")
         if divergence not in ("exact", "hutchinson"):
             raise ValueError(f"unknown divergence {divergence!r}; write divergence='exact' or 'hutchinson'")
+        if baseline not in SCORE_BASELINES:
+            raise ValueError(
+                f"unknown score baseline {baseline!r}; write baseline='none' or baseline='equilibrium'"
+            )
+        if baseline == "equilibrium" and system.eps <= 0:
+            raise ValueError("baseline='equilibrium' needs eps > 0 (no equilibrium density otherwise)")
+        self.baseline = baseline
         self.net, self.system = net, system
         self.loss_name, self.dt, self.method = loss, float(dt), method
         self.antithetic, self.divergence, self.n_probes = antithetic, divergence, int(n_probes)
 
     def forward(self, z: Tensor) -> Tensor:
         """The score ``(B, N, 2, d)`` at states ``z`` of the same shape (``t = 0`` is passed and ignored)."""
+        s = self.residual(z)
+        return s + equilibrium_score(self.system, z) if self.baseline == "equilibrium" else s
+
+    def residual(self, z: Tensor) -> Tensor:
+        """The network's output ``(B, N, 2, d)``: the score itself, or its part beyond the baseline."""
         self.system.check_state(z)
         return self.net(z, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device))
 
@@ -102,6 +124,9 @@ class StationaryScore(nn.Module):
         was = self.training
         self.eval()
         try:
-            return entropy_production(self.system, z.to(next(self.parameters()).dtype), self, **options)
+            z = z.to(next(self.parameters()).dtype)
+            if self.baseline == "equilibrium":
+                return entropy_production(self.system, z, self.residual, residual=True, **options)
+            return entropy_production(self.system, z, self, **options)
         finally:
             self.train(was)
