@@ -122,6 +122,7 @@ def inpaint(args: argparse.Namespace) -> None:
     model, config = load_run(args.runs[0])
     if args.class_from:  # two-stage sampling: y ~ p(y | kept)^(1/tau), then the class-conditional fill
         config = {**config, "class_from": args.class_from, "class_temperature": args.class_temperature}
+    config = {**config, "guide_on": args.guide_on}
     guided = float(config.get("context_dropout", 0.0)) > 0
     settings = (
         [(int(a), float(b)) for a, b in (v.split(":") for v in args.settings)]
@@ -136,6 +137,7 @@ def inpaint(args: argparse.Namespace) -> None:
         kw = image_fm_sample_kwargs(config, given, len(x))
         res = _inpaint_eval(image_fm_generator(model, config), config, x, y, len(x), args.seed, **kw)
         tau = {"class temperature": args.class_temperature} if args.class_from else {}
+        tau["guidance on"] = args.guide_on
         rows.append({"first": args.first, "n": len(x), "steps": steps, "context guidance": w, **tau, **res})
         print(rows[-1], flush=True)
     if args.first == 0 and not args.settings:
@@ -322,6 +324,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="inpaint: seed of the sides and the noise")
     p.add_argument("--class-from", default="", help="inpaint: a mnist-class-posterior run (two-stage fills)")
     p.add_argument("--class-temperature", type=float, default=1.0, help="inpaint: its temperature tau")
+    p.add_argument("--guide-on", default="context", choices=["context", "class"],
+                   help="inpaint: guidance towards the kept pixels or the class (conditional runs)")  # fmt: skip
     p.add_argument("--grid", nargs="*", help="nfe: SOLVER:STEPS entries (default: the full grid)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -104,3 +104,29 @@ def test_two_stage_inpainting_draws_the_class_from_the_posterior_run(tmp_path):
     hole[..., 4:] = True
     out = inpaint(cls, img, hole, seed=0, steps=2, guidance=2.0)
     assert torch.equal(out[..., :4], img[..., :4])
+
+    # class guidance (guide_on=class) with the class drawn from the posterior run, set at inpainting time
+    from flowforge.recipes.images import image_fm_generator
+
+    assert image_fm_generator(load_run(cls)[0], {**c_cfg, "guide_on": "class"}).key == "y"
+    assert image_fm_generator(load_run(cls)[0], c_cfg).key == "extra"
+    over = {"class_from": str(post_run), "class_temperature": 0.1, "guide_on": "class"}
+    out_c = inpaint(cls, img, hole, seed=0, steps=2, guidance=3.0, overrides=over)
+    assert torch.equal(out_c[..., :4], img[..., :4])
+    assert not torch.equal(out_c, out)  # another guided field
+    with pytest.raises(ValueError, match="conditional=true"):
+        inpaint(base, img, hole, seed=0, steps=2, guidance=2.0, overrides={"guide_on": "class"})
+    with pytest.raises(ValueError, match="guide_on"):
+        inpaint(cls, img, hole, seed=0, steps=2, overrides={"guide_on": "pixels"})
+    with pytest.raises(ValueError, match="cannot override 'steps'"):
+        inpaint(cls, img, hole, seed=0, overrides={"steps": 3})
+    from flowforge.cli.main import main
+
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "img.npy", img.numpy())
+    np.save(tmp_path / "hole.npy", hole.numpy().astype(np.uint8))
+    args = ["inpaint", str(cls), "--image", str(tmp_path / "img.npy"), "--mask", str(tmp_path / "hole.npy")]
+    args += ["--out", str(tmp_path / "o.npy"), "--steps", "2", "--guidance", "3", "--guide-on", "class"]
+    args += ["--class-from", str(post_run), "--class-temperature", "0.1"]
+    assert main(args) == 0
+    assert np.array_equal(np.load(tmp_path / "o.npy"), out_c.numpy())

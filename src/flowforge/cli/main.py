@@ -215,8 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--solver", help="ODE solver (default: the run's)")
     i.add_argument("--steps", type=_count, help="solver steps (default: the run's)")
     i.add_argument(
-        "--guidance", type=float, help="guidance towards the kept pixels (runs trained with context_dropout)"
+        "--guidance",
+        type=float,
+        help="guidance towards the kept pixels (runs trained with context_dropout), or the class (--guide-on)",
     )
+    i.add_argument(
+        "--class-from",
+        help="two-stage sampling (class-conditional runs): draw each class from this mnist-class-posterior run",
+    )
+    i.add_argument("--class-temperature", type=float, help="p(y | kept)^(1/T); small T: the likeliest class")
+    i.add_argument("--guide-on", choices=["context", "class"], help="what --guidance pushes towards")
 
     r = sub.add_parser(
         "restore",
@@ -522,8 +530,18 @@ def _inpaint(a: argparse.Namespace) -> int:
         )
     hole = torch.from_numpy(mask != 0).any(1, keepdim=True).expand(image.shape[0], 1, *image.shape[-2:])
     options = {"solver": a.solver, "steps": a.steps, "guidance": a.guidance}
+    overrides = {
+        "class_from": a.class_from,
+        "class_temperature": a.class_temperature,
+        "guide_on": a.guide_on,
+    }
     x = inpaint(
-        a.run, torch.from_numpy(np.ascontiguousarray(image)), hole.contiguous(), seed=a.seed, **options
+        a.run,
+        torch.from_numpy(np.ascontiguousarray(image)),
+        hole.contiguous(),
+        seed=a.seed,
+        overrides=overrides,
+        **options,
     )
     arr = x.numpy()
     out.parent.mkdir(parents=True, exist_ok=True)

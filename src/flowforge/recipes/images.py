@@ -291,9 +291,26 @@ class ImageFlowGenerator:
         return quantize(self.sample_unit(n, **opts), self.levels)
 
 
+#: what guidance of an inpainting run pushes towards: the kept pixels, or the class (conditional runs)
+GUIDE_ON = ("context", "class")
+
+
+def _inpaint_guide_key(config: dict[str, Any]) -> str:
+    on = str(config.get("guide_on", "context"))
+    if on not in GUIDE_ON:
+        raise unknown_choice("guide_on", on, GUIDE_ON, hint="--set guide_on=class")
+    if on == "class" and not config.get("conditional"):
+        raise ValueError(
+            "guide_on=class needs a class-conditional inpainting run: train it with --set conditional=true "
+            "and sample with --set class_from=RUN (a mnist-class-posterior run)"
+        )
+    return "y" if on == "class" else "extra"
+
+
 def image_fm_generator(model: nn.Module, config: dict[str, Any]) -> ImageFlowGenerator:
-    """The ``generator`` hook of image flow runs."""
-    key = {"semantic": "seg", "inpaint": "extra"}.get(_task(config), "y")
+    """The ``generator`` hook of image flow runs (inpainting runs guide on ``guide_on``)."""
+    task = _task(config)
+    key = _inpaint_guide_key(config) if task == "inpaint" else {"semantic": "seg"}.get(task, "y")
     return ImageFlowGenerator(model, int(config["levels"]), key)
 
 
@@ -355,7 +372,11 @@ def image_fm_sample_kwargs(config: dict[str, Any], given: dict[str, Any], n: int
         task == "inpaint"
     ):  # the condition (kept pixels, and a class for conditional runs) comes with each call
         guide = _guide(config, given)
-        if guide and not float(config.get("context_dropout", 0.0)) > 0:
+        if (
+            guide
+            and _inpaint_guide_key(config) == "extra"
+            and not float(config.get("context_dropout", 0.0)) > 0
+        ):
             raise ValueError(
                 "guidance of an inpainting run needs a model trained with context dropout: "
                 "flowforge train mnist-inpaint --set context_dropout=0.1"
@@ -785,6 +806,7 @@ register(
             "init_from": "",
             "class_from": "",
             "class_temperature": 1.0,
+            "guide_on": "context",
         },
         ("known", "fill_acc"),
     )

@@ -193,11 +193,28 @@ def decode(run_dir: str | Path, samples: Any) -> list[str] | None:
     return None if recipe.decode is None else recipe.decode(samples, config)
 
 
-def inpaint(run_dir: str | Path, image: Tensor, hole: Tensor, *, seed: int = 0, **options: Any) -> Tensor:
+#: run settings that ``inpaint`` may override at sampling time (two-stage sampling of conditional runs)
+INPAINT_OVERRIDES = ("class_from", "class_temperature", "guide_on")
+
+
+def inpaint(
+    run_dir: str | Path,
+    image: Tensor,
+    hole: Tensor,
+    *,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    **options: Any,
+) -> Tensor:
     """Fill the ``hole`` (``(N, 1, H, W)`` bool, True = fill) of integer images ``(N, C, H, W)`` with a run.
 
-    The kept pixels come back unchanged; ``options`` are the run's sampling options (solver, steps).
+    The kept pixels come back unchanged; ``options`` are the run's sampling options (solver, steps);
+    ``overrides`` may replace the run's ``class_from``, ``class_temperature`` and ``guide_on``.
     """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for k in overrides:
+        if k not in INPAINT_OVERRIDES:
+            raise ValueError(f"inpaint cannot override {k!r}; it can override {', '.join(INPAINT_OVERRIDES)}")
     config = read_config(run_dir)
     recipe = get_recipe(config["recipe"])
     if recipe.inpaint is None:
@@ -208,7 +225,7 @@ def inpaint(run_dir: str | Path, image: Tensor, hole: Tensor, *, seed: int = 0, 
     given = {k: v for k, v in options.items() if v is not None}
     check_options(recipe, "sample", given, recipe.sample_options(config), "--image, --mask, --seed, --out")
     model, config = load_run(run_dir)
-    return recipe.inpaint(model, config, image, hole, seed=seed, **given)
+    return recipe.inpaint(model, {**config, **overrides}, image, hole, seed=seed, **given)
 
 
 def evaluate(
