@@ -350,3 +350,20 @@ def test_recipe_bad_inputs(base_run, tmp_path):
             "smiles-optimize", overrides={**SMALL, "init_from": str(base_run)}, steps=5, out=tmp_path / "y",
             progress=False,
         )  # fmt: skip
+
+
+def test_graph_ga_mode_scores_children_without_the_flow(base_run):
+    """graph-ga: the flow draws the first population only; then every call is a crossover child or a mutant."""
+    from flowforge.recipes.discrete import vocabulary
+    from flowforge.recipes.runs import load_run
+
+    model, config = load_run(base_run)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    h = optimize(
+        model, vocabulary(config), "qed", budget=80, mode="graph-ga", population=32, offspring=32, steps=8,
+        mutations=8,
+    )  # fmt: skip
+    assert h.generated == 32 and h.ppo_updates == 0  # the flow ran once
+    assert h.oracle_calls > h.valid  # later calls came from the GA
+    assert h.rounds >= 1 and h.stopped in ("budget", "stalled")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -8,7 +8,9 @@ oracle budget, so their top-10 AUCs compare:
   ``ppo_batch`` new scored molecules are collected, ``reinforce_steps`` :class:`~flowforge.finetune.DiscretePPO`
   passes update the flow and :math:`\pi_{old}` is refreshed;
 - ``"ga"``: the same offspring mechanism, no model updates ("no PPO" ablation);
-- ``"sample"``: the base model alone, fresh uniform sources every round, no GA, no PPO.
+- ``"sample"``: the base model alone, fresh uniform sources every round, no GA, no PPO;
+- ``"graph-ga"``: the genetic algorithm alone, no flow after the first population: the crossover children
+  are scored as they are (a Graph-GA-style baseline, Jensen 2019, with InVirtuoGen's operators).
 
 Each round: generate, decode, drop invalid SMILES (the validity share is recorded), score the new ones (cached
 repeats are free), feed the vocabulary. The loop ends when the budget is spent or ``patience`` rounds in a row
@@ -35,7 +37,7 @@ from flowforge.finetune import DiscretePPO
 __all__ = ["MODES", "History", "optimize"]
 
 #: the optimisation modes
-MODES = ("ga+ppo", "ga", "sample")
+MODES = ("ga+ppo", "ga", "sample", "graph-ga")
 
 
 @dataclass
@@ -243,13 +245,19 @@ def optimize(
     while not oracle.exhausted and stall < patience:
         calls_before = oracle.calls
         hist.rounds += 1
-        if mode == "sample" or not len(prompter):
-            x, s = generate(offspring, None)
+        if mode == "graph-ga" and len(prompter):  # the children themselves, no flow
+            kids = [brics_crossover(a, b, g) for a, b in prompter.parents(offspring, g)]
+            res = oracle.score([k for k in kids if k])
+            fresh = [i for i, is_new in enumerate(res.new) if is_new]
+            prompter.update([res.canonical[i] for i in fresh], [res.scores[i] for i in fresh])
         else:
-            kids = [brics_crossover(a, b, g) or a for a, b in prompter.parents(offspring, g)]
-            x0, _ = encode_prompts(kids, vocab, length, noise(offspring))
-            x, s = generate(offspring, x0)
-        score_flow(x, s)
+            if mode == "sample" or not len(prompter):
+                x, s = generate(offspring, None)
+            else:
+                kids = [brics_crossover(a, b, g) or a for a, b in prompter.parents(offspring, g)]
+                x0, _ = encode_prompts(kids, vocab, length, noise(offspring))
+                x, s = generate(offspring, x0)
+            score_flow(x, s)
         if mode != "sample" and len(prompter) and mutations > 0 and not oracle.exhausted:
             tenth = sorted(oracle.scores, reverse=True)[9] if oracle.calls >= 10 else -float("inf")
             mutants = [m for m in (mutate(prompter.parent(g), g) for _ in range(mutations)) if m]
