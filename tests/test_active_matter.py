@@ -386,7 +386,7 @@ def test_bad_inputs_raise_clear_errors():
 
 # ---------------------------------------------------------------- recipes
 def test_aoup_recipes_train_and_evaluate(tmp_path):
-    from flowforge.recipes import evaluate, get_recipe, sample, train_recipe
+    from flowforge.recipes import evaluate, get_recipe, load_run, sample, train_recipe
 
     train_recipe(
         "aoup-trap",
@@ -401,10 +401,19 @@ def test_aoup_recipes_train_and_evaluate(tmp_path):
     assert abs(res["rel_err_quadratic"]) < 0.15 and res["score_rel_error"] < 0.2
     assert sample(tmp_path / "trap", 5, steps=3).shape == (5, 1, 2, 2)
 
-    over = {"n_particles": 3, "n_train": 256, "eval_samples": 64, "burn_in": 1.0, "width": 8}
+    over = {
+        "n_particles": 3,
+        "n_train": 256,
+        "eval_samples": 64,
+        "burn_in": 1.0,
+        "width": 8,
+        "heat_samples": 2000,
+    }
     train_recipe("aoup-box", overrides=over, out=tmp_path / "box", steps=5, progress=False)
     res = evaluate(tmp_path / "box")
-    assert {"epr_quadratic", "epr_divergence", "estimator_gap", "epr_free"} <= set(res)
+    assert {"epr_quadratic", "epr_divergence", "estimator_gap", "epr_free", "epr_heat"} <= set(res)
+    assert load_run(tmp_path / "box")[0].baseline == "equilibrium"  # the box default
+    assert res["epr_heat_se"] > 0 and abs(res["epr_heat"] - 3 * 2 * 1.0 / 0.1) < 0.5 * 60  # below the free 60
     with pytest.raises(ValueError, match="closed form"):
         evaluate(tmp_path / "box", metrics=["epr_closed_form"])
 

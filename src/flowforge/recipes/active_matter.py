@@ -21,7 +21,10 @@ step ``sim_dt``), a permutation-equivariant :class:`~flowforge.nn.ParticleNet`.
 (no interactions): ``epr_closed_form``, ``rel_err_quadratic``, ``rel_err_divergence``, ``epr_exact_score``
 (the exact score's estimate on the same samples: the Monte-Carlo noise floor), ``rel_err_exact_score`` and
 ``score_rel_error`` (:math:`E|s_\\theta - s|^2 / E|s|^2`); ``epr_free``: the EPR the same particles would have
-without interactions (:math:`N d v_0^2/\\varepsilon` in a box). Fresh states are simulated for ``eval``
+without interactions (:math:`N d v_0^2/\\varepsilon` in a box); ``epr_heat`` (``_se``): the score-free EPR
+:math:`E[b^\\top D^{-1}b + \\nabla\\cdot b]` (:func:`~flowforge.apps.active_matter.epr_heat`) on ``heat_samples``
+fresh states, the truth the learned estimators are read against in a box. ``baseline=equilibrium`` (the
+``aoup-box`` default) lets the network learn only the score's part beyond the exact ``v0 = 0`` score. Fresh states are simulated for ``eval``
 (``eval_samples`` of them, or ``--n``). ``sample`` runs Langevin dynamics on the learned score
 (``--steps``, default ``sample_steps``).
 
@@ -46,6 +49,7 @@ from flowforge.apps.active_matter import (
     box_half_width,
     entropy_production,
     epr_closed_form,
+    epr_heat,
     exact_score,
     simulate_stationary,
 )
@@ -64,6 +68,8 @@ BASE_METRICS = (
     "epr_x_part",
     "epr_g_part",
     "epr_free",
+    "epr_heat",
+    "epr_heat_se",
 )
 #: metrics that need a closed form (no interactions)
 CLOSED_FORM_METRICS = (
@@ -135,6 +141,7 @@ def build_aoup(config: dict[str, Any]) -> StationaryScore:
         dt=float(config["dsm_dt"]),
         divergence=str(config["divergence"]),
         n_probes=int(config["n_probes"]),
+        baseline=str(config.get("baseline", "none")),
     )
 
 
@@ -186,6 +193,13 @@ def aoup_evaluate(
         **ep.summary(),
         "epr_free": epr_closed_form(free) if free.is_linear and free.eps > 0 else None,
     }
+    if {"epr_heat", "epr_heat_se"} & set(metrics):
+        if system.eps > 0:  # the score-free truth, on more fresh states (it is the noisier estimator)
+            heat_n = int(config.get("heat_samples", 100_000))
+            zh = z.double() if heat_n <= len(z) else _simulate(config, heat_n, 70_000 + seed).double()
+            values["epr_heat"], values["epr_heat_se"] = epr_heat(system, zh)
+        else:
+            values["epr_heat"] = values["epr_heat_se"] = None
     if closed:
         truth = epr_closed_form(system)
         zd = z.double()
@@ -231,6 +245,8 @@ _COMMON: dict[str, Any] = {
     "dsm_dt": 0.1,
     "divergence": "hutchinson",
     "n_probes": 1,
+    "baseline": "none",
+    "heat_samples": 100_000,
     "steps": 2_000,
     "batch_size": 256,
     "lr": 1e-3,
@@ -258,6 +274,7 @@ _BOX = {
     "net": "particle",
     "width": 32,
     "dsm_dt": 1e-2,
+    "baseline": "equilibrium",
     "steps": 1_000,
     "batch_size": 128,
     "lr": 2e-3,
