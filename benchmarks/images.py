@@ -115,7 +115,8 @@ def guidance(args: argparse.Namespace) -> None:
 
 def inpaint(args: argparse.Namespace) -> None:
     """Inpainting of 50% holes (a random side of each of ``n`` test images from ``--first``), at each
-    ``--settings STEPS:W`` (Euler steps, context guidance), and the 1-NN fill reference (from image 0)."""
+    ``--settings STEPS:W`` (Euler steps, guidance on ``--guide-on``: the kept pixels or the class), and the
+    1-NN fill reference (from image 0)."""
     from flowforge.recipes import load_run
     from flowforge.recipes.images import _inpaint_eval, image_fm_generator, image_fm_sample_kwargs, image_set
 
@@ -138,10 +139,10 @@ def inpaint(args: argparse.Namespace) -> None:
         res = _inpaint_eval(image_fm_generator(model, config), config, x, y, len(x), args.seed, **kw)
         tau = {"class temperature": args.class_temperature} if args.class_from else {}
         tau["guidance on"] = args.guide_on
-        rows.append({"first": args.first, "n": len(x), "steps": steps, "context guidance": w, **tau, **res})
+        rows.append({"first": args.first, "n": len(x), "steps": steps, "guidance": w, **tau, **res})
         print(rows[-1], flush=True)
     if args.first == 0 and not args.settings:
-        rows.append({"steps": 0, "context guidance": "1-NN fill (reference)", **_nn_fill(args)})
+        rows.append({"steps": 0, "guidance": "1-NN fill (reference)", **_nn_fill(args)})
     _emit(args, rows, "Inpainting 50% holes (MNIST test images)")
 
 
