@@ -495,3 +495,35 @@ def test_equilibrium_baseline_training_recovers_the_trap_epr():
     assert ep.divergence_form == pytest.approx(epr_closed_form(sys), rel=0.05)
     with pytest.raises(ValueError, match="baseline"):
         StationaryScore(MLP(dim=(1, 2, 2), width=8, depth=1), sys, baseline="free")
+
+
+def test_a_projected_score_gives_agreeing_estimators_that_undershoot_by_its_error():
+    """The score-matching optimum in a linear class that holds D^-1 b is the D-weighted projection of s*; then
+    E[b.e] = 0 and E[s* D e] = -E[e D e] (e = s - s*), so BOTH estimators equal EPR - E[e^T D e]: their
+    agreement does not vouch for the EPR, and epr_heat - quadratic reads the score's error. Exact on sigma
+    points (every term is a Gaussian quadratic form)."""
+    sys = _trap(TABLE[0][0], n=2)
+    z = _sigma_points(sys)
+    D = sys.diffusion_like(z)
+    g = torch.Generator().manual_seed(36)
+    M = torch.randn(2, 2, generator=g, dtype=F64)
+
+    def features(s):
+        u = torch.einsum("ab,nbd->nad", M, s.reshape(-1, 2, sys.dim)).reshape(s.shape)
+        return [sys.drift(s) / sys.diffusion_like(s), u]
+
+    fs, star = features(z), exact_score(sys, z)
+    G = torch.tensor([[float((a * D * b).sum((1, 2, 3)).mean()) for b in fs] for a in fs], dtype=F64)
+    h = torch.tensor([float((a * D * star).sum((1, 2, 3)).mean()) for a in fs], dtype=F64)
+    c = torch.linalg.solve(G, h)
+
+    def score(s):
+        return sum(ci * f for ci, f in zip(c, features(s), strict=True))
+
+    e = score(z) - star
+    err = float((e * D * e).sum((1, 2, 3)).mean())
+    assert err > 0.05 * epr_closed_form(sys)  # the class misses s* visibly
+    ep = entropy_production(sys, z, score)
+    truth = epr_closed_form(sys)
+    assert ep.quadratic == pytest.approx(truth - err, rel=1e-9)
+    assert ep.divergence_form == pytest.approx(truth - err, rel=1e-9)
