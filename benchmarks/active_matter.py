@@ -210,6 +210,9 @@ def figure(path: Path, box_rows: list[dict], keep: dict) -> str:
         v = [r["v0"] for r in rs]
         ax.plot(v, [r["quad"] / n for r in rs], "o-", label=f"N={n} quadratic")
         ax.plot(v, [r["div"] / n for r in rs], "x--", label=f"N={n} divergence form")
+        if "heat" in rs[0]:
+            ax.plot(v, [r["heat"] / n for r in rs], "k*", ms=5, label="score-free (heat)" if n == min(
+                r["N"] for r in box_rows) else None)  # fmt: skip
     vv = sorted({r["v0"] for r in box_rows})
     ax.plot(vv, [2 * v**2 / 0.1 for v in vv], "k:", label="free particles")
     ax.set_xlabel("v0"), ax.set_ylabel("EPR per particle"), ax.set_xscale("log"), ax.set_yscale("log")
