@@ -66,6 +66,12 @@ def test_two_stage_inpainting_draws_the_class_from_the_posterior_run(tmp_path):
 
     post_run = _train("mnist-class-posterior", tmp_path / "post", steps=3)
     res = evaluate(post_run, n_samples=40)
+    cfg_file = post_run / "config.json"
+    saved = cfg_file.read_text()
+    cfg_file.write_text(saved.replace('"eval_n": ', '"eval_n": 0, "_was": '))
+    with pytest.raises(ValueError, match="pass --n 10000"):
+        evaluate(post_run)
+    cfg_file.write_text(saved)
     assert res["n"] == 40 and 0 <= res["acc"] <= 1 and 0 < res["p_true"] < 1 and res["nll"] > 0
     with pytest.raises(ValueError, match="class_from=RUN"):
         generator(post_run).sample(4)

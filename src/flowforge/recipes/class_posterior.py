@@ -79,6 +79,10 @@ def class_posterior_evaluate(
     ``Generator().manual_seed(seed)`` first, as the inpainting evaluation does)."""
     s = image_set(config, "test")
     n = min(int(n or config["eval_n"]), len(s.x))
+    if n < 1:
+        raise ValueError(
+            f"nothing to evaluate: the run's eval_n is {config['eval_n']}; pass --n 10000 (test images to score)"
+        )
     x, y = s.x[:n], s.y[:n]
     g = torch.Generator().manual_seed(seed)
     sides = torch.randint(0, 4, (n,), generator=g)
