@@ -285,6 +285,16 @@ def test_spatial_decomposition_integrates_to_the_total():
 
 
 # ---------------------------------------------------------------- score learning
+def _fit(model, z, g, *, steps, batch, lr=3e-3):
+    """Adam on ``model.loss`` over random minibatches of ``z``."""
+    opt = torch.optim.Adam(model.parameters(), lr)
+    for _ in range(steps):
+        loss_value = model.loss(z[torch.randint(len(z), (batch,), generator=g)])
+        opt.zero_grad()
+        loss_value.backward()
+        opt.step()
+
+
 def test_score_losses_are_minimised_at_the_exact_score():
     """Along s = c s*, both losses are quadratic in c with minimiser c* = 1 in expectation."""
     sys = _trap(TABLE[0][0])
@@ -322,12 +332,7 @@ def test_short_training_reduces_the_score_error(loss, divergence):
             return float((model(z).double() - se).square().sum() / se.square().sum())
 
     before = err()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(300):
-        loss_value = model.loss(z[torch.randint(len(z), (128,), generator=g)])
-        opt.zero_grad()
-        loss_value.backward()
-        opt.step()
+    _fit(model, z, g, steps=300, batch=128)
     after = err()
     assert after < 0.1 * before and after < 0.05, (before, after)
 
@@ -484,12 +489,7 @@ def test_equilibrium_baseline_training_recovers_the_trap_epr():
     z = simulate_stationary(sys, 8000, generator=g).float()
     torch.manual_seed(0)
     model = StationaryScore(MLP(dim=(1, 2, 2), width=32, depth=2), sys, dt=0.1, baseline="equilibrium")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(400):
-        loss_value = model.loss(z[torch.randint(len(z), (256,), generator=g)])
-        opt.zero_grad()
-        loss_value.backward()
-        opt.step()
+    _fit(model, z, g, steps=400, batch=256)
     ep = model.entropy_production(z)
     assert ep.quadratic == pytest.approx(epr_closed_form(sys), rel=0.05)
     assert ep.divergence_form == pytest.approx(epr_closed_form(sys), rel=0.05)
