@@ -302,7 +302,7 @@ def _inpaint_guide_key(config: dict[str, Any]) -> str:
     if on == "class" and not config.get("conditional"):
         raise ValueError(
             "guide_on=class needs a class-conditional inpainting run: train it with --set conditional=true "
-            "and sample with --set class_from=RUN (a mnist-class-posterior run)"
+            "and inpaint with --class-from RUN (a mnist-class-posterior run)"
         )
     return "y" if on == "class" else "extra"
 
