@@ -24,8 +24,8 @@ step ``sim_dt``), a permutation-equivariant :class:`~flowforge.nn.ParticleNet`.
 without interactions (:math:`N d v_0^2/\\varepsilon` in a box); ``epr_heat`` (``_se``): the score-free EPR
 :math:`E[b^\\top D^{-1}b + \\nabla\\cdot b]` (:func:`~flowforge.apps.active_matter.epr_heat`) on ``heat_samples``
 fresh states, the truth the learned estimators are read against in a box. ``baseline=equilibrium`` (the
-``aoup-box`` default) lets the network learn only the score's part beyond the exact ``v0 = 0`` score. Fresh states are simulated for ``eval``
-(``eval_samples`` of them, or ``--n``). ``sample`` runs Langevin dynamics on the learned score
+``aoup-box`` default) lets the network learn only the score's part beyond the exact ``v0 = 0`` score. Fresh
+states are simulated for ``eval`` (``eval_samples`` of them, or ``--n``). ``sample`` runs Langevin dynamics on the learned score
 (``--steps``, default ``sample_steps``).
 
 Example:

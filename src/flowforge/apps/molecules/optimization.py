@@ -235,6 +235,13 @@ def optimize(
             buf_r.append(float(res.scores[i]))
         return len(fresh)
 
+    def score_ga(strings: list[str]) -> tuple[Any, list[int]]:
+        """Score GA-made SMILES (children, mutants), feed the new ones to the vocabulary; return them."""
+        res = oracle.score(strings)
+        fresh = [i for i, is_new in enumerate(res.new) if is_new]
+        prompter.update([res.canonical[i] for i in fresh], [res.scores[i] for i in fresh])
+        return res, fresh
+
     def noise(n: int) -> Tensor:
         return model.source.sample((n, length), g, device=device)
 
@@ -247,9 +254,7 @@ def optimize(
         hist.rounds += 1
         if mode == "graph-ga" and len(prompter):  # the children themselves, no flow
             kids = [brics_crossover(a, b, g) for a, b in prompter.parents(offspring, g)]
-            res = oracle.score([k for k in kids if k])
-            fresh = [i for i, is_new in enumerate(res.new) if is_new]
-            prompter.update([res.canonical[i] for i in fresh], [res.scores[i] for i in fresh])
+            score_ga([k for k in kids if k])
         else:
             if mode == "sample" or not len(prompter):
                 x, s = generate(offspring, None)
@@ -261,9 +266,7 @@ def optimize(
         if mode != "sample" and len(prompter) and mutations > 0 and not oracle.exhausted:
             tenth = sorted(oracle.scores, reverse=True)[9] if oracle.calls >= 10 else -float("inf")
             mutants = [m for m in (mutate(prompter.parent(g), g) for _ in range(mutations)) if m]
-            res = oracle.score(mutants)
-            fresh = [i for i, is_new in enumerate(res.new) if is_new]
-            prompter.update([res.canonical[i] for i in fresh], [res.scores[i] for i in fresh])
+            res, fresh = score_ga(mutants)
             if ppo is not None:
                 good = [i for i in fresh if res.scores[i] > tenth]
                 enc, _ = encode_prompts(
